@@ -1,0 +1,1 @@
+"""Calibration data and quantization recipes that rewrite ONNX graphs."""

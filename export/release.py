@@ -1,0 +1,206 @@
+"""Open a release directory laid out like tencent/Covo-Audio-Chat and load it into the reference.
+
+    config.json                    covo_audio config (llm_config, encoder_config)
+    *.safetensors                  llm.* encoder.* audio_adapter.* (single or sharded, with or without index)
+    tokenizer.json (+ friends)     Qwen2 BPE with the audio specials
+    token2wav/model.pt             wavegan.* token2latent.* (weight_g/weight_v), maybe under 'model', maybe 'module.'
+    token2wav/config.json          token2wav hyper-parameters
+    token2wav/global_mean_var.npy  latent mean and variance
+    .../prompt_token.npy           voice prompt dirs (with prompt_latent.npy, speaker_embed.npy)
+
+Every load is checked: a missing or mis-shaped key is an error naming the keys; an unexpected
+key is reported by name (upstream loads with strict=False, so real files may carry extras).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from .config import CovoConfig, ReleaseError, Token2WavConfig
+from .model import CovoAudio
+from .token2wav import VOICE_FILES, Token2Wav, Voice
+from .vocoder import fold_weight_norm
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VOICES = ("default_female", "prompt")
+
+
+@dataclass
+class Release:
+    root: Path
+    config: CovoConfig
+    token2wav_config: Token2WavConfig
+    weight_files: list[Path]
+    tokenizer_file: Path
+    voices: dict[str, Path]
+
+    @classmethod
+    def open(cls, root: str | Path) -> Release:
+        """Check the layout and read the configs; weights are loaded by `load_covo` / `load_token2wav`."""
+        root = Path(root)
+        if not root.is_dir():
+            raise ReleaseError(f"{root} is not a directory: pass a Covo-Audio-Chat release directory")
+        config = CovoConfig.from_file(root / "config.json")
+        t2w_config = Token2WavConfig.from_file(root / "token2wav" / "config.json")
+        for f in ("token2wav/model.pt", "token2wav/global_mean_var.npy", "tokenizer.json"):
+            if not (root / f).is_file():
+                raise ReleaseError(f"missing {root / f}: the release directory is incomplete")
+        return cls(
+            root=root,
+            config=config,
+            token2wav_config=t2w_config,
+            weight_files=_weight_files(root),
+            tokenizer_file=root / "tokenizer.json",
+            voices=_find_voices(root),
+        )
+
+    def voice(self, name_or_dir: str | Path | None = None) -> Voice:
+        """A voice by name (a prompt dir's folder name), by path, or the default one."""
+        if name_or_dir is not None and Path(name_or_dir).is_dir():
+            return Voice.load(Path(name_or_dir))
+        if not self.voices:
+            raise ReleaseError(f"no voice prompt dir (with {', '.join(VOICE_FILES)}) under {self.root}")
+        if name_or_dir is None:
+            name_or_dir = next((v for v in DEFAULT_VOICES if v in self.voices), sorted(self.voices)[0])
+        if name_or_dir not in self.voices:
+            raise ReleaseError(f"unknown voice {name_or_dir!r}; available: {', '.join(sorted(self.voices))}")
+        return Voice.load(self.voices[str(name_or_dir)])
+
+
+def _weight_files(root: Path) -> list[Path]:
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ReleaseError(f"{index} is not a safetensors index ({e})") from None
+        files = [root / n for n in names]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise ReleaseError(f"{index} lists shards that are missing: {', '.join(missing)}")
+        return files
+    files = sorted(root.glob("*.safetensors"))
+    if not files:
+        raise ReleaseError(f"no *.safetensors in {root}: the LLM weights of the release are missing")
+    return files
+
+
+def _find_voices(root: Path) -> dict[str, Path]:
+    return {p.parent.name: p.parent for p in sorted(root.glob("**/prompt_token.npy"))}
+
+
+def check_keys(expected: Mapping[str, torch.Size], got: Mapping[str, torch.Tensor], what: str) -> list[str]:
+    """Raise on missing or mis-shaped keys (naming them); return the unexpected ones."""
+
+    def listing(keys: list[str]) -> str:
+        head = ", ".join(keys[:8])
+        return head + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")
+
+    missing = sorted(k for k in expected if k not in got)
+    if missing:
+        raise ReleaseError(f"{what} lacks {len(missing)} weights: {listing(missing)}")
+    wrong = sorted(k for k in expected if tuple(got[k].shape) != tuple(expected[k]))
+    if wrong:
+        detail = [f"{k} {tuple(got[k].shape)} != {tuple(expected[k])}" for k in wrong]
+        raise ReleaseError(f"{what} has weights of the wrong shape (config mismatch?): {listing(detail)}")
+    unexpected = sorted(k for k in got if k not in expected)
+    if unexpected:
+        log.warning("%s carries %d keys the model does not use: %s", what, len(unexpected), listing(unexpected))
+    return unexpected
+
+
+def build_covo(config: CovoConfig, device: str | torch.device = "cpu") -> CovoAudio:
+    with torch.device(device):
+        return CovoAudio(config)
+
+
+def load_covo(release: Release, dtype: torch.dtype = torch.float32) -> CovoAudio:
+    """Build on the meta device and assign checkpoint tensors shard by shard: one copy in memory."""
+    model = build_covo(release.config, "meta")
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    loaded: dict[str, torch.Tensor] = {}
+    for f in release.weight_files:
+        try:
+            shard = load_file(f)
+        except (SafetensorError, OSError) as e:
+            raise ReleaseError(f"cannot read {f} ({e}): the file is corrupt or truncated; re-download it") from None
+        shard = {k: v.to(dtype) for k, v in shard.items()}
+        loaded.update(shard)
+        model.load_state_dict({k: v for k, v in shard.items() if k in expected}, strict=False, assign=True)
+    check_keys(expected, loaded, f"weights in {release.root}")
+    # Non-persistent buffers (rotary tables) are not in the checkpoint: rebuild them on the CPU.
+    rotary = model.llm.model.rotary_emb
+    model.llm.model.rotary_emb = type(rotary)(config=release.config.llm)
+    return model.eval()
+
+
+def token2wav_state(raw: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Release token2wav keys -> module keys: unwrap 'model', strip 'module.', fold weight norm."""
+    if "model" in raw and isinstance(raw["model"], Mapping):
+        raw = raw["model"]
+    state = {(k[7:] if k.startswith("module.") else k): v for k, v in raw.items()}
+    out = {}
+    for k, v in state.items():
+        if k.endswith(".weight_v"):
+            base = k[: -len("_v")]
+            g = state.get(base + "_g")
+            if g is None:
+                raise ReleaseError(f"token2wav/model.pt has {k} without its {base}_g")
+            out[base] = fold_weight_norm(g.float(), v.float())
+        elif not k.endswith(".weight_g"):
+            out[k] = v
+    return out
+
+
+def release_key_shapes(module_shapes: Mapping[str, torch.Size], weight_norm_keys: Iterable[str]) -> dict[str, tuple]:
+    """Module keys -> the keys the release stores: each weight-normed `weight` becomes weight_g + weight_v."""
+    out: dict[str, tuple] = {}
+    norm = set(weight_norm_keys)
+    for k, shape in module_shapes.items():
+        if k in norm:
+            out[k + "_v"] = tuple(shape)
+            out[k + "_g"] = (shape[0],) + (1,) * (len(shape) - 1)
+        else:
+            out[k] = tuple(shape)
+    return out
+
+
+def weight_norm_keys(model: Token2Wav) -> list[str]:
+    """Vocoder convs that the release stores weight-normed (every conv of BigVGAN)."""
+    return [
+        f"wavegan.{name}.weight"
+        for name, m in model.wavegan.named_modules()
+        if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d))
+    ]
+
+
+def load_token2wav(release: Release) -> Token2Wav:
+    path = release.root / "token2wav" / "model.pt"
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ReleaseError(f"cannot read {path} ({str(e).splitlines()[0]}): corrupt or not a state dict") from None
+    if not isinstance(raw, Mapping):
+        raise ReleaseError(f"{path} holds a {type(raw).__name__}, expected a state dict")
+    state = token2wav_state(raw)
+    model = Token2Wav(release.token2wav_config)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    check_keys(expected, state, str(path))
+    model.load_state_dict({k: state[k].float() for k in expected})
+    try:
+        stats = np.load(release.root / "token2wav" / "global_mean_var.npy", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise ReleaseError(f"cannot read token2wav/global_mean_var.npy ({e})") from None
+    model.set_latent_stats(stats)
+    return model.eval()

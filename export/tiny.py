@@ -1,0 +1,176 @@
+"""Random-weight releases of the exact Covo-Audio-Chat architecture and layout, generated offline.
+
+`tiny` runs the whole pipeline in seconds on 2 CPU cores (tests); `small` has the Qwen2.5-0.5B
+backbone shape, the size on which speed is measured. Both keep the real vocabulary (168055 ids,
+text ids below 151671) and token-id layout, bf16 sharded safetensors, a weight-normed token2wav
+checkpoint and a voice prompt whose latent prefix is 3 frames longer than 4x its codes (as released).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from transformers import Qwen2Config, WhisperConfig
+
+from .config import CovoConfig, DiTConfig, Token2WavConfig, VocoderConfig
+from .release import build_covo, weight_norm_keys
+from .token2wav import Token2Wav
+from .tokenizer import SPECIAL_TOKENS, VOCAB_SIZE_TEXT, write_tokenizer
+
+VOCAB = 168055
+TEXT_VOCAB = VOCAB_SIZE_TEXT + len(SPECIAL_TOKENS)  # 151671 = len(tokenizer) = first audio code id
+
+
+@dataclass(frozen=True)
+class Size:
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    enc_dim: int
+    enc_layers: int
+    enc_heads: int
+    dit: DiTConfig
+    vocoder: VocoderConfig
+    voice_codes: int
+
+
+SIZES = {
+    "tiny": Size(
+        hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128,
+        enc_dim=64, enc_layers=2, enc_heads=4,
+        dit=DiTConfig(token_input_dim=32, hidden_size=64, num_layers=2, num_heads=4, ffn_hidden_size=128, spkr_embed_dim=64),
+        vocoder=VocoderConfig(upsample_initial_channel=128),
+        voice_codes=10,
+    ),
+    "small": Size(
+        hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4864,
+        enc_dim=384, enc_layers=4, enc_heads=6,
+        dit=DiTConfig(token_input_dim=128, hidden_size=256, num_layers=4, num_heads=4, ffn_hidden_size=1024, spkr_embed_dim=256),
+        vocoder=VocoderConfig(upsample_initial_channel=384),
+        voice_codes=50,
+    ),
+}
+
+
+def covo_config(size: Size) -> CovoConfig:
+    llm = Qwen2Config(
+        vocab_size=VOCAB, hidden_size=size.hidden, intermediate_size=size.intermediate,
+        num_hidden_layers=size.layers, num_attention_heads=size.heads, num_key_value_heads=size.kv_heads,
+        max_position_embeddings=131072, max_window_layers=size.layers, rms_norm_eps=1e-6,
+        rope_parameters={"rope_theta": 1000000.0, "rope_type": "default"}, use_sliding_window=False,
+        sliding_window=None, tie_word_embeddings=False, bos_token_id=151643, eos_token_id=151643,
+        hidden_act="silu", architectures=["Qwen2ForCausalLM"], dtype="bfloat16",
+    )
+    encoder = WhisperConfig(
+        d_model=size.enc_dim, encoder_layers=size.enc_layers, encoder_attention_heads=size.enc_heads,
+        encoder_ffn_dim=4 * size.enc_dim, decoder_layers=size.enc_layers, decoder_attention_heads=size.enc_heads,
+        decoder_ffn_dim=4 * size.enc_dim, num_mel_bins=128, max_source_positions=1500, vocab_size=51866,
+        activation_function="gelu", scale_embedding=False, dtype="float16",
+    )
+    return CovoConfig(
+        llm=llm, encoder=encoder, audio_token_index=TEXT_VOCAB, adapter_downsample=8,
+        extra={"architectures": ["CovoAudioForCausalLM"], "dtype": "bfloat16", "whisper_feats_dim": size.enc_dim},
+    )
+
+
+def random_like(name: str, like: torch.Tensor, seed: int) -> torch.Tensor:
+    """A tensor seeded by its own name, so adding a module never changes the others' values."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    x = torch.randn(like.shape, generator=g)
+    if name.endswith((".alpha", ".beta")):
+        return 0.1 * x  # SnakeBeta log-scale parameters
+    if like.ndim == 1:
+        return 1 + 0.1 * x if "norm" in name else 0.02 * x
+    return x * (like.numel() / like.shape[0]) ** -0.5
+
+
+def _randomize(module: torch.nn.Module, seed: int, prefix: str) -> dict[str, torch.Tensor]:
+    """Random values for every parameter; deterministic buffers (filters, rotary tables) are kept."""
+    params = {n for n, _ in module.named_parameters()}
+    return {
+        k: random_like(prefix + k, v, seed) if k in params else v.clone()
+        for k, v in module.state_dict().items()
+    }
+
+
+def _write_llm(out: Path, config: CovoConfig, seed: int) -> None:
+    state = _randomize(build_covo(config), seed, "")
+    shards = {
+        "model-00001-of-00002.safetensors": {k: v for k, v in state.items() if k.startswith("llm.")},
+        "model-00002-of-00002.safetensors": {k: v for k, v in state.items() if not k.startswith("llm.")},
+    }
+    weight_map = {}
+    for fname, shard in shards.items():
+        save_file({k: v.to(torch.bfloat16).contiguous() for k, v in shard.items()}, out / fname, metadata={"format": "pt"})
+        weight_map.update({k: fname for k in shard})
+    total = sum(v.numel() * 2 for v in state.values())
+    (out / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2, ensure_ascii=False))
+
+
+def _write_token2wav(out: Path, config: Token2WavConfig, size: Size, seed: int) -> None:
+    t2w = out / "token2wav"
+    t2w.mkdir()
+    model = Token2Wav(config)
+    state = _randomize(model, seed, "token2wav.")
+    release_state = {}
+    for k, v in state.items():
+        if k in set(weight_norm_keys(model)):
+            g = v.flatten(1).norm(dim=1) * (0.5 + torch.rand(v.shape[0], generator=torch.Generator().manual_seed(seed)))
+            release_state[k + "_g"] = g.reshape(-1, *([1] * (v.ndim - 1)))
+            release_state[k + "_v"] = v
+        else:
+            release_state[k] = v
+    torch.save({"model": release_state}, t2w / "model.pt")
+    (t2w / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    rng = np.random.default_rng(seed)
+    z = config.dit.z_dim
+    mean_var = np.concatenate([rng.normal(0, 0.5, z), rng.uniform(0.5, 2.0, z)]).astype(np.float32)
+    np.save(t2w / "global_mean_var.npy", mean_var[None])
+    voice = t2w / "prompt"
+    voice.mkdir()
+    p = size.voice_codes
+    np.save(voice / "prompt_token.npy", rng.integers(0, config.dit.token_vocab_size, (1, p)).astype(np.int64))
+    np.save(voice / "prompt_latent.npy", rng.normal(0, 1, (1, 4 * p + 3, z)).astype(np.float32))
+    np.save(voice / "speaker_embed.npy", rng.normal(0, 1, (1, config.dit.spkr_embed_dim)).astype(np.float32))
+
+
+def make_tiny(out_dir: str | Path, seed: int = 0, size: str = "tiny", progress=print) -> Path:
+    """Write a complete random-weight release directory; written to a temp dir, renamed at the end."""
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; choose a new directory")
+    spec = SIZES[size]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        progress(f"[1/3] LLM, encoder, adapter ({size}) ...")
+        _write_llm(tmp, covo_config(spec), seed)
+        progress("[2/3] token2wav and voice prompt ...")
+        _write_token2wav(tmp, Token2WavConfig(dit=spec.dit, vocoder=spec.vocoder), spec, seed)
+        progress("[3/3] tokenizer ...")
+        write_tokenizer(tmp)
+        for f in tmp.rglob("*"):
+            f.chmod(0o755 if f.is_dir() else 0o644)
+        tmp.chmod(0o755)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

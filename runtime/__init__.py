@@ -1,0 +1,1 @@
+"""Lean inference side: reads exported artifacts, never imports torch."""

@@ -1,0 +1,60 @@
+"""`covo-edge`: one command line; each subcommand imports its stage lazily (the runtime never loads torch)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _make_tiny(args: argparse.Namespace) -> None:
+    from covo_edge.export.tiny import make_tiny
+
+    out = make_tiny(args.out_dir, seed=args.seed, size=args.size)
+    print(f"wrote a random-weight {args.size} release to {out}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from covo_edge.export.demo import run_demo
+
+    run_demo(args.model_dir, args.input, args.output, mode=args.mode, max_new_tokens=args.max_new_tokens, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="covo-edge", description="Covo-Audio-Chat on one local GPU or a CPU.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("make-tiny", help="write a random-weight release of the exact architecture (offline)")
+    t.add_argument("out_dir")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--size", choices=("tiny", "small"), default="tiny", help="small = Qwen2.5-0.5B-shaped backbone")
+    t.set_defaults(run=_make_tiny)
+
+    d = sub.add_parser("demo", help="answer one spoken question with the PyTorch reference (export extra)")
+    d.add_argument("--model-dir", required=True, help="release directory (e.g. from make-tiny)")
+    d.add_argument("--input", help="question wav (default: a synthetic 3 s utterance)")
+    d.add_argument("--output", default="reply.wav", help="where to write the 24 kHz answer")
+    d.add_argument("--mode", choices=("speech", "text"), default="speech")
+    d.add_argument("--max-new-tokens", type=int, default=60)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(run=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except ModuleNotFoundError as e:
+        if e.name in ("torch", "transformers", "safetensors", "onnx"):
+            print(f"covo-edge {args.command}: needs the export extra ({e.name} is missing): "
+                  "pip install 'covo-edge[export]'", file=sys.stderr)
+            return 2
+        raise
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        print(f"covo-edge {args.command}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
