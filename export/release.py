@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,23 +100,26 @@ def _find_voices(root: Path) -> dict[str, Path]:
     return {p.parent.name: p.parent for p in sorted(root.glob("**/prompt_token.npy"))}
 
 
-def check_keys(expected: Mapping[str, torch.Size], got: Mapping[str, torch.Tensor], what: str) -> list[str]:
-    """Raise on missing or mis-shaped keys (naming them); return the unexpected ones."""
+def _listing(keys: list[str]) -> str:
+    return ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")
 
-    def listing(keys: list[str]) -> str:
-        head = ", ".join(keys[:8])
-        return head + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")
 
+def check_shapes(expected: Mapping[str, Sequence[int]], got: Mapping[str, Sequence[int]], what: str) -> None:
+    wrong = sorted(k for k in got if k in expected and tuple(got[k]) != tuple(expected[k]))
+    if wrong:
+        detail = [f"{k} {tuple(got[k])} != {tuple(expected[k])}" for k in wrong]
+        raise ReleaseError(f"{what} has weights of the wrong shape (config mismatch?): {_listing(detail)}")
+
+
+def check_keys(expected: Mapping[str, Sequence[int]], got: Mapping[str, Sequence[int]], what: str) -> list[str]:
+    """Raise on missing or mis-shaped keys (naming them); report and return the unexpected ones."""
     missing = sorted(k for k in expected if k not in got)
     if missing:
-        raise ReleaseError(f"{what} lacks {len(missing)} weights: {listing(missing)}")
-    wrong = sorted(k for k in expected if tuple(got[k].shape) != tuple(expected[k]))
-    if wrong:
-        detail = [f"{k} {tuple(got[k].shape)} != {tuple(expected[k])}" for k in wrong]
-        raise ReleaseError(f"{what} has weights of the wrong shape (config mismatch?): {listing(detail)}")
+        raise ReleaseError(f"{what} lacks {len(missing)} weights: {_listing(missing)}")
+    check_shapes(expected, got, what)
     unexpected = sorted(k for k in got if k not in expected)
     if unexpected:
-        log.warning("%s carries %d keys the model does not use: %s", what, len(unexpected), listing(unexpected))
+        log.warning("%s carries %d keys the model does not use: %s", what, len(unexpected), _listing(unexpected))
     return unexpected
 
 
@@ -129,20 +132,22 @@ def load_covo(release: Release, dtype: torch.dtype = torch.float32) -> CovoAudio
     """Build on the meta device and assign checkpoint tensors shard by shard: one copy in memory."""
     model = build_covo(release.config, "meta")
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    loaded: dict[str, torch.Tensor] = {}
+    what = f"weights in {release.root}"
+    loaded: dict[str, torch.Size] = {}
     for f in release.weight_files:
         try:
             shard = load_file(f)
         except (SafetensorError, OSError) as e:
             raise ReleaseError(f"cannot read {f} ({e}): the file is corrupt or truncated; re-download it") from None
-        shard = {k: v.to(dtype) for k, v in shard.items()}
-        loaded.update(shard)
-        model.load_state_dict({k: v for k, v in shard.items() if k in expected}, strict=False, assign=True)
-    check_keys(expected, loaded, f"weights in {release.root}")
+        check_shapes(expected, {k: v.shape for k, v in shard.items()}, what)
+        loaded.update({k: v.shape for k, v in shard.items()})
+        model.load_state_dict({k: v.to(dtype) for k, v in shard.items() if k in expected}, strict=False, assign=True)
+        del shard
+    check_keys(expected, loaded, what)
     # Non-persistent buffers (rotary tables) are not in the checkpoint: rebuild them on the CPU.
     rotary = model.llm.model.rotary_emb
     model.llm.model.rotary_emb = type(rotary)(config=release.config.llm)
-    return model.eval()
+    return model.eval().requires_grad_(False)
 
 
 def token2wav_state(raw: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -196,11 +201,11 @@ def load_token2wav(release: Release) -> Token2Wav:
     state = token2wav_state(raw)
     model = Token2Wav(release.token2wav_config)
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    check_keys(expected, state, str(path))
+    check_keys(expected, {k: v.shape for k, v in state.items()}, str(path))
     model.load_state_dict({k: state[k].float() for k in expected})
     try:
         stats = np.load(release.root / "token2wav" / "global_mean_var.npy", allow_pickle=False)
     except (ValueError, OSError) as e:
         raise ReleaseError(f"cannot read token2wav/global_mean_var.npy ({e})") from None
     model.set_latent_stats(stats)
-    return model.eval()
+    return model.eval().requires_grad_(False)
