@@ -154,3 +154,17 @@ def test_config_reads_both_rope_styles(tiny_dir):
     cfg = CovoConfig.from_dict({**d, "llm_config": old})
     assert cfg.llm.rope_parameters["rope_theta"] == 1000000.0
     assert cfg.llm.sliding_window is None
+
+
+def test_make_tiny_is_deterministic(tiny_dir, tmp_path):
+    from covo_edge.export.tiny import make_tiny
+
+    same = make_tiny(tmp_path / "same", seed=0, progress=lambda *_: None)
+    other = make_tiny(tmp_path / "other", seed=1, progress=lambda *_: None)
+    for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "tokenizer.json",
+                 "config.json", "token2wav/global_mean_var.npy", "token2wav/prompt/prompt_latent.npy"):
+        assert (same / name).read_bytes() == (tiny_dir / name).read_bytes(), name
+    assert (other / "model-00002-of-00002.safetensors").read_bytes() != (tiny_dir / "model-00002-of-00002.safetensors").read_bytes()
+    a = torch.load(same / "token2wav" / "model.pt", weights_only=True)["model"]
+    b = torch.load(tiny_dir / "token2wav" / "model.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
