@@ -27,9 +27,10 @@ class InputError(ValueError):
     """Audio the model cannot take; the message says what is wrong with it."""
 
 
-def prompt_text(num_slots: int, first_turn: bool, system_prompt: str) -> str:
-    """Upstream's chat layout: a later turn continues the cached history after the unfed stop token."""
-    user = "<|im_start|>user\n<|begofcAUDIO|>" + "<|cAUDIO|>" * num_slots + "<|endofcAUDIO|><|im_end|>\n"
+def prompt_text(audio_slots: str, first_turn: bool, system_prompt: str) -> str:
+    """Upstream's chat layout around the user's audio slots; a later turn continues the cached
+    history right after the unfed stop token."""
+    user = f"<|im_start|>user\n<|begofcAUDIO|>{audio_slots}<|endofcAUDIO|><|im_end|>\n"
     if first_turn:
         return f"<|im_start|>system\n{system_prompt}<|im_end|>\n{user}<|im_start|>assistant\n"
     return f"\n{user}<|im_start|>assistant\n"
@@ -128,7 +129,7 @@ class ReferenceChat:
         sampling = sampling or (FIRST_TURN if first else LATER_TURNS)
         generator = torch.Generator().manual_seed(seed)
         _, feats, n_slots, timings = self.encode_audio(wav, sample_rate)
-        ids = torch.tensor([self.tokenizer.encode(prompt_text(n_slots, first, self.system_prompt)).ids])
+        ids = torch.tensor([self.tokenizer.encode(prompt_text("<|cAUDIO|>" * n_slots, first, self.system_prompt)).ids])
         embeds = self.model.embed(ids, self.audio_slot, feats)
         gen = generate(
             self.model, embeds, ids, self.cache, self.stop_id, sampling, max_new_tokens, generator, force_tokens

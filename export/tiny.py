@@ -128,7 +128,10 @@ def _write_token2wav(out: Path, config: Token2WavConfig, size: Size, seed: int) 
     release_state = {}
     for k, v in state.items():
         if k in set(weight_norm_keys(model)):
-            g = v.flatten(1).norm(dim=1) * (0.5 + torch.rand(v.shape[0], generator=torch.Generator().manual_seed(seed)))
+            # Quiet residual branches and output conv keep random speech inside tanh's linear range.
+            gain = 0.1 if k == "wavegan.conv_post.weight" else 0.3 if ".resblocks." in k else 1.0
+            jitter = 0.5 + torch.rand(v.shape[0], generator=torch.Generator().manual_seed(seed))
+            g = gain * v.flatten(1).norm(dim=1) * jitter
             release_state[k + "_g"] = g.reshape(-1, *([1] * (v.ndim - 1)))
             release_state[k + "_v"] = v
         else:

@@ -85,7 +85,7 @@ def test_two_segments_keep_the_first_n_frames(tiny_chat):
     wav = synthetic_utterance(35.0, 24000)
     mel, feats, n_slots, _ = tiny_chat.encode_audio(wav, 24000)
     assert mel.shape == (2, 128, 3000) and feats.shape[0] == 376 and n_slots == 219
-    ids = torch.tensor([tiny_chat.tokenizer.encode(prompt_text(n_slots, True, tiny_chat.system_prompt)).ids])
+    ids = torch.tensor([tiny_chat.tokenizer.encode(prompt_text("<|cAUDIO|>" * n_slots, True, tiny_chat.system_prompt)).ids])
     embeds = tiny_chat.model.embed(ids, tiny_chat.audio_slot, feats)
     slots = (ids[0] == tiny_chat.audio_slot).nonzero()[:, 0]
     assert torch.equal(embeds[0, slots], feats[:219])
@@ -98,7 +98,7 @@ def test_kv_cache_decode_equals_one_full_forward(tiny_chat):
 
     tiny_chat.reset()
     _, feats, n_slots, _ = tiny_chat.encode_audio(synthetic_utterance(2.0), 16000)
-    ids = torch.tensor([tiny_chat.tokenizer.encode(prompt_text(n_slots, True, tiny_chat.system_prompt)).ids])
+    ids = torch.tensor([tiny_chat.tokenizer.encode(prompt_text("<|cAUDIO|>" * n_slots, True, tiny_chat.system_prompt)).ids])
     embeds = tiny_chat.model.embed(ids, tiny_chat.audio_slot, feats)
     forced = [11, 151671 + 5, 300, 151671 + 16000, 42, 7]
     gen = generate(tiny_chat.model, embeds, ids, tiny_chat.model.new_cache(), -1, FIRST_TURN, 10,

@@ -1,0 +1,14 @@
+"""vocoder.onnx: BigVGAN with weight norm folded, latents [B, 64, T] -> wav [B, 1, 240*T]."""
+
+from __future__ import annotations
+
+import torch
+from torch.export import Dim
+
+from ..token2wav import Token2Wav
+from . import BATCH, GraphExport
+
+
+def graph(t2w: Token2Wav) -> GraphExport:
+    latents = torch.randn(2, t2w.config.vocoder.latent_dim, 12)
+    return GraphExport("vocoder", t2w.wavegan, (latents,), ["latents"], ["wav"], ({0: BATCH, 2: Dim("frames")},))

@@ -1,0 +1,167 @@
+"""Every exported graph on ONNX Runtime (CPU, fp32) against the PyTorch reference, on the tiny release."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+from covo_edge.export import audio  # noqa: E402
+from covo_edge.export.demo import synthetic_utterance  # noqa: E402
+from covo_edge.runtime.manifest import Manifest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def art(tiny_dir, tmp_path_factory):
+    from covo_edge.export.exporter import export_release
+
+    return export_release(tiny_dir, tmp_path_factory.mktemp("art") / "art", quiet=True)
+
+
+@pytest.fixture(scope="module")
+def manifest(art):
+    return Manifest.load(art)
+
+
+@pytest.fixture(scope="module")
+def sessions(art, manifest):
+    return {name: ort.InferenceSession(str(art / g.file), providers=["CPUExecutionProvider"])
+            for name, g in manifest.graphs.items()}
+
+
+def close(ours, ref, rel=1e-4):
+    ref = np.asarray(ref)
+    assert ours.shape == ref.shape
+    err = np.abs(ours - ref).max()
+    assert err <= rel * np.abs(ref).max(), f"max abs error {err:.3g} vs max |ref| {np.abs(ref).max():.3g}"
+
+
+def test_manifest_describes_every_graph(art, manifest, sessions):
+    assert set(manifest.graphs) == {"audio_encoder", "audio_adapter", "embed_tokens", "backbone",
+                                    "token2latent_codes", "token2latent_field", "vocoder"}
+    for name, g in manifest.graphs.items():
+        s = sessions[name]
+        assert [i.name for i in s.get_inputs()] == [t.name for t in g.inputs]
+        assert [o.name for o in s.get_outputs()] == [t.name for t in g.outputs]
+        assert all((art / f).is_file() for f in g.external_data)
+    assert manifest.tokenizer["ids"]["<|cAUDIO|>"] == 151666 and manifest.tokenizer["len"] == 151671
+    assert manifest.voices and all((art / d / "prompt_token.npy").is_file() for d in manifest.voices.values())
+    bb = manifest.graphs["backbone"]
+    assert bb.inputs[0].shape == ["batch", "sequence", 64] and bb.outputs[0].shape == ["batch", 168055]
+
+
+def test_encoder_and_adapter_two_segments(tiny_chat, sessions):
+    wav24 = audio.to_model_rate(torch.from_numpy(synthetic_utterance(35.0, 24000)), 24000)
+    mel = audio.mel_segments(wav24)
+    with torch.no_grad():
+        hidden = tiny_chat.model.encoder(mel).last_hidden_state
+        feats = tiny_chat.model.audio_adapter(hidden)
+    ours_hidden = sessions["audio_encoder"].run(None, {"mel": mel.numpy()})[0]
+    close(ours_hidden, hidden.numpy())
+    ours_feats = sessions["audio_adapter"].run(None, {"hidden": hidden.numpy()})[0]
+    assert ours_feats.shape == (2, 188, 64)
+    close(ours_feats, feats.numpy())
+
+
+def test_embed_tokens(tiny_chat, sessions):
+    ids = np.array([[151644, 5, 151666, 168054]], dtype=np.int64)
+    ref = tiny_chat.model.llm.get_input_embeddings().weight[torch.from_numpy(ids)].numpy()
+    assert np.array_equal(sessions["embed_tokens"].run(None, {"input_ids": ids})[0], ref)
+
+
+def _backbone_feeds(manifest, embeds, mask, positions, past):
+    names = [t.name for t in manifest.graphs["backbone"].inputs]
+    return dict(zip(names, [embeds, mask, positions, *past]))
+
+
+def _empty_past(manifest, batch):
+    llm = manifest.llm
+    return [np.zeros((batch, llm["num_kv_heads"], 0, llm["head_dim"]), np.float32) for _ in range(2 * llm["num_layers"])]
+
+
+def test_backbone_prefill_then_decode_equals_one_full_forward(tiny_chat, manifest, sessions):
+    """Prefill n tokens (past 0), then k one-token steps on the returned cache: each step's logits
+    equal the reference's logits at that position of one forward over the whole sequence."""
+    n, k = 9, 5
+    rng = np.random.default_rng(0)
+    embeds = rng.standard_normal((1, n + k, manifest.llm["hidden_size"])).astype(np.float32)
+    with torch.no_grad():
+        ref = tiny_chat.model(torch.from_numpy(embeds), tiny_chat.model.new_cache(), last_only=False)[0].numpy()
+    s = sessions["backbone"]
+    out = s.run(None, _backbone_feeds(manifest, embeds[:, :n], np.ones((1, n), np.int64),
+                                       np.arange(n)[None], _empty_past(manifest, 1)))
+    close(out[0][0], ref[n - 1])
+    for step in range(k):
+        pos = n + step
+        out = s.run(None, _backbone_feeds(manifest, embeds[:, pos : pos + 1], np.ones((1, pos + 1), np.int64),
+                                           np.array([[pos]]), out[1:]))
+        assert out[1].shape[2] == pos + 1
+        close(out[0][0], ref[pos])
+
+
+def test_backbone_batch_of_two_with_left_padding(manifest, sessions):
+    """Batch 2: a left-padded short sequence gives the logits it gives alone."""
+    rng = np.random.default_rng(1)
+    h = manifest.llm["hidden_size"]
+    a = rng.standard_normal((1, 6, h)).astype(np.float32)
+    b = rng.standard_normal((1, 4, h)).astype(np.float32)
+    s = sessions["backbone"]
+    alone_a = s.run(None, _backbone_feeds(manifest, a, np.ones((1, 6), np.int64), np.arange(6)[None], _empty_past(manifest, 1)))[0]
+    alone_b = s.run(None, _backbone_feeds(manifest, b, np.ones((1, 4), np.int64), np.arange(4)[None], _empty_past(manifest, 1)))[0]
+    batch = np.concatenate([a, np.concatenate([np.zeros((1, 2, h), np.float32), b], 1)])
+    mask = np.array([[1] * 6, [0, 0, 1, 1, 1, 1]], np.int64)
+    positions = np.array([list(range(6)), [0, 0, 0, 1, 2, 3]], np.int64)
+    both = s.run(None, _backbone_feeds(manifest, batch, mask, positions, _empty_past(manifest, 2)))[0]
+    close(both[0], alone_a[0])
+    close(both[1], alone_b[0])
+
+
+def test_token2latent_graphs(tiny_chat, sessions):
+    t2l = tiny_chat.token2wav.token2latent
+    codes = np.array([[3, 16383, 0, 77, 5000]], np.int64)
+    feats = sessions["token2latent_codes"].run(None, {"codes": codes})[0]
+    with torch.no_grad():
+        close(feats, t2l.token_features(torch.from_numpy(codes)).numpy())
+    rng = np.random.default_rng(2)
+    t = feats.shape[1]
+    x = rng.standard_normal((1, t, 64)).astype(np.float32)
+    cond = rng.standard_normal((1, t, 64)).astype(np.float32)
+    spk = tiny_chat.voice.speaker_embed[None]
+    field = sessions["token2latent_field"]
+    pair = field.run(None, {"x": np.concatenate([x, x]), "t": np.array([0.25, 0.25], np.float32),
+                            "token_features": np.concatenate([np.zeros_like(feats), feats]),
+                            "latent_cond": np.concatenate([cond, cond]), "speaker": np.concatenate([spk, spk])})[0]
+    single_cond = field.run(None, {"x": x, "t": np.array([0.25], np.float32), "token_features": feats,
+                                   "latent_cond": cond, "speaker": spk})[0]
+    single_uncond = field.run(None, {"x": x, "t": np.array([0.25], np.float32), "token_features": np.zeros_like(feats),
+                                     "latent_cond": cond, "speaker": spk})[0]
+    close(pair[1:], single_cond, 1e-5)
+    close(pair[:1], single_uncond, 1e-5)
+    with torch.no_grad():
+        ref = t2l.velocity(torch.from_numpy(x), torch.tensor([0.25]), torch.from_numpy(feats),
+                           torch.from_numpy(cond), torch.from_numpy(spk)).numpy()
+    close(single_cond, ref)
+
+
+@pytest.mark.parametrize("frames", [1, 17, 60])
+def test_vocoder_length_and_parity(tiny_chat, sessions, frames):
+    latents = np.random.default_rng(frames).standard_normal((1, 64, frames)).astype(np.float32)
+    wav = sessions["vocoder"].run(None, {"latents": latents})[0]
+    assert wav.shape == (1, 1, 240 * frames)
+    with torch.no_grad():
+        close(wav, tiny_chat.token2wav.wavegan(torch.from_numpy(latents)).numpy())
+
+
+def test_failed_export_leaves_nothing(tiny_dir, tmp_path):
+    import shutil
+
+    from covo_edge.export.config import ReleaseError
+    from covo_edge.export.exporter import export_release
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    (broken / "token2wav" / "model.pt").write_bytes(b"garbage")
+    with pytest.raises(ReleaseError, match="model.pt"):
+        export_release(broken, tmp_path / "out", quiet=True)
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["broken"]
