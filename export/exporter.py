@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from torch.utils._pytree import tree_map
 from tqdm import tqdm
 
 from covo_edge.runtime.manifest import SCHEMA_VERSION, GraphSpec, Manifest, TensorSpec
@@ -30,6 +31,8 @@ from .token2wav import VOICE_FILES
 from .tokenizer import DEFAULT_SYSTEM_PROMPT
 
 OPSET = 18
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+ONNX_DTYPES_BY_TORCH = {torch.float32: "float32", torch.float16: "float16"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
                onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32"}
@@ -57,11 +60,13 @@ def _specs(values) -> list[TensorSpec]:
 def export_graph(g: GraphExport, out: Path) -> GraphSpec:
     """Trace with torch.export, write ONNX (external data beside it), check it fully, describe its I/O."""
     path = out / g.file
+    dtype = next(g.module.parameters()).dtype
+    args = tree_map(lambda t: t.to(dtype) if t.is_floating_point() else t, g.args)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         program = torch.onnx.export(
-            g.module.eval(), g.args, input_names=g.inputs, output_names=g.outputs,
+            g.module.eval(), args, input_names=g.inputs, output_names=g.outputs,
             dynamic_shapes=g.dynamic_shapes, dynamo=True, opset_version=OPSET, verbose=False,
         )
         program.save(str(path), external_data=True)
@@ -69,23 +74,26 @@ def export_graph(g: GraphExport, out: Path) -> GraphSpec:
     model = onnx.load(str(path), load_external_data=False)
     external = sorted({e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"})
     return GraphSpec(file=g.file, inputs=_specs(model.graph.input), outputs=_specs(model.graph.output),
-                     sha256=sha256(path), external_data=external)
+                     sha256=sha256(path), profiles=[{k: list(v) for k, v in p.items()} for p in g.profiles], external_data=external)
 
 
 def export_release(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
-                   voices: list[str] | None = None, quiet: bool = False) -> Path:
-    if dtype != "fp32":
-        raise ValueError(f"--dtype {dtype}: only fp32 export is available in this version")
+                   voices: list[str] | None = None, max_context: int = 8192, quiet: bool = False) -> Path:
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose a new artifacts directory")
     release = Release.open(model_dir)
-    model = load_covo(release)
+    torch_dtype = DTYPES[dtype]
+    model = load_covo(release, torch_dtype)  # bf16 checkpoint -> fp16 shard by shard: no fp32 copy
     t2w = load_token2wav(release)
+    t2w.token2latent.to(torch_dtype)  # the latent stats stay float32 for the manifest
+    t2w.wavegan.to(torch_dtype)
     chosen = [release.voice(v) for v in voices] if voices else [release.voice()]
     graphs = [
         audio_encoder.graph(model), audio_adapter.graph(model), embed_tokens.graph(model),
-        backbone.graph(model), *token2latent.graphs(t2w), vocoder.graph(t2w),
+        backbone.graph(model, max_context), *token2latent.graphs(t2w), vocoder.graph(t2w),
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -93,7 +101,7 @@ def export_release(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp3
         specs = {}
         for g in tqdm(graphs, desc="export", unit="graph", disable=quiet):
             specs[g.name] = export_graph(g, tmp)
-        manifest = _manifest(release, model, t2w, chosen, specs, tmp)
+        manifest = _manifest(release, model, t2w, chosen, specs, tmp, ONNX_DTYPES_BY_TORCH[torch_dtype], max_context)
         manifest.save(tmp)
         tmp.chmod(0o755)
         if out.exists():
@@ -105,7 +113,7 @@ def export_release(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp3
     return out
 
 
-def _manifest(release, model, t2w, voices, specs, out: Path) -> Manifest:
+def _manifest(release, model, t2w, voices, specs, out: Path, dtype: str, max_context: int) -> Manifest:
     from tokenizers import Tokenizer
 
     for f in TOKENIZER_FILES:
@@ -122,7 +130,7 @@ def _manifest(release, model, t2w, voices, specs, out: Path) -> Manifest:
     cfg = t2w.config
     return Manifest(
         schema_version=SCHEMA_VERSION,
-        dtype="float32",
+        dtype=dtype,
         source={
             "release": str(release.root.resolve()),
             "checksums": {f: sha256(release.root / f) for f in ("config.json", "token2wav/config.json")},
@@ -140,7 +148,7 @@ def _manifest(release, model, t2w, voices, specs, out: Path) -> Manifest:
                 "audio_slot": "<|cAUDIO|>"},
         llm={"num_layers": llm.num_hidden_layers, "num_kv_heads": llm.num_key_value_heads,
              "head_dim": llm.hidden_size // llm.num_attention_heads, "hidden_size": llm.hidden_size,
-             "vocab_size": llm.vocab_size, "max_context": llm.max_position_embeddings},
+             "vocab_size": llm.vocab_size, "max_context": min(max_context, llm.max_position_embeddings)},
         sampling={"first_turn": asdict(FIRST_TURN), "later_turns": asdict(LATER_TURNS), "max_new_tokens": 2048},
         token2wav={"s_steps": cfg.s_steps, "cfg_alpha": cfg.cfg_alpha, "upsample_factor": cfg.dit.upsample_factor,
                    "hop": cfg.vocoder.hop, "sample_rate": cfg.sample_rate, "z_dim": cfg.dit.z_dim,

@@ -39,7 +39,7 @@ class TimestepEmbedder(nn.Module):
         self.freq_dim = freq_dim
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_sinusoid(t, self.freq_dim))
+        return self.mlp(timestep_sinusoid(t, self.freq_dim).to(self.mlp[0].weight.dtype))
 
 
 class Rotary(nn.Module):
@@ -48,7 +48,8 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", 1.0 / (theta ** (torch.arange(0, head_dim, 2).float() / head_dim)))
 
     def forward(self, length: int) -> torch.Tensor:
-        freqs = torch.outer(torch.arange(length, dtype=self.inv_freq.dtype), self.inv_freq)
+        """Angles [length, head_dim], always in float32 (fp16 positions go wrong past 2048)."""
+        freqs = torch.outer(torch.arange(length, dtype=torch.float32), self.inv_freq.float())
         return torch.cat((freqs, freqs), dim=-1)
 
 
@@ -68,7 +69,7 @@ class Attention(nn.Module):
         b, n, c = x.shape
         q, k, v = (p(x).view(b, n, self.heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
         angle = self.rotary(n)
-        cos, sin = angle.cos(), angle.sin()
+        cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         out = F.scaled_dot_product_attention(q, k, v)

@@ -19,6 +19,14 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.model_dir, args.input, args.output, mode=args.mode, max_new_tokens=args.max_new_tokens, seed=args.seed)
 
 
+def _export(args: argparse.Namespace) -> None:
+    from covo_edge.export.exporter import export_release
+
+    out = export_release(args.model_dir, args.output, dtype=args.dtype, voices=args.voice,
+                         max_context=args.max_context)
+    print(f"wrote {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="covo-edge", description="Covo-Audio-Chat on one local GPU or a CPU.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -28,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--size", choices=("tiny", "small"), default="tiny", help="small = Qwen2.5-0.5B-shaped backbone")
     t.set_defaults(run=_make_tiny)
+
+    e = sub.add_parser("export", help="release directory -> ONNX graphs + manifest.json (export extra)")
+    e.add_argument("model_dir")
+    e.add_argument("-o", "--output", required=True, help="artifacts directory to create")
+    e.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32")
+    e.add_argument("--max-context", type=int, default=8192, help="longest conversation in tokens (KV cache size)")
+    e.add_argument("--voice", action="append", help="voice name or prompt dir to ship (repeatable; default: the release's default)")
+    e.set_defaults(run=_export)
 
     d = sub.add_parser("demo", help="answer one spoken question with the PyTorch reference (export extra)")
     d.add_argument("--model-dir", required=True, help="release directory (e.g. from make-tiny)")

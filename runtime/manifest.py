@@ -31,7 +31,16 @@ class GraphSpec:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     sha256: str
+    profiles: list[dict[str, list[int]]]  # engine profiles: dynamic dim -> [min, opt, max]
     external_data: list[str] = field(default_factory=list)
+
+    def profile_shapes(self, index: int) -> dict[str, tuple[list[int], list[int], list[int]]]:
+        """Input name -> (min, opt, max) shapes of one profile, its dims filled into the inputs' shapes."""
+        dims = self.profiles[index]
+        return {
+            t.name: tuple([d if isinstance(d, int) else dims[d][k] for d in t.shape] for k in range(3))
+            for t in self.inputs
+        }
 
 
 @dataclass
@@ -71,6 +80,7 @@ class Manifest:
                 inputs=[TensorSpec(**t) for t in g["inputs"]],
                 outputs=[TensorSpec(**t) for t in g["outputs"]],
                 sha256=g["sha256"],
+                profiles=g["profiles"],
                 external_data=g.get("external_data", []),
             )
             for k, g in d["graphs"].items()

@@ -9,6 +9,8 @@ from torch import nn
 from torch.export import Dim
 
 BATCH = Dim("batch")
+MAX_PREFILL = 2048  # new tokens in one backbone call
+MAX_FRAMES = 8192  # 100 Hz latent frames in one token2wav call (82 s)
 
 
 @dataclass
@@ -19,6 +21,7 @@ class GraphExport:
     inputs: list[str]
     outputs: list[str]
     dynamic_shapes: tuple
+    profiles: list[dict[str, tuple[int, int, int]]]  # engine profiles: dynamic dim -> (min, opt, max)
 
     @property
     def file(self) -> str:

@@ -10,4 +10,5 @@ from . import BATCH, GraphExport
 
 def graph(model: CovoAudio) -> GraphExport:
     hidden = torch.randn(2, 1500, model.config.encoder.d_model)
-    return GraphExport("audio_adapter", model.audio_adapter, (hidden,), ["hidden"], ["features"], ({0: BATCH},))
+    return GraphExport("audio_adapter", model.audio_adapter, (hidden,), ["hidden"], ["features"], ({0: BATCH},),
+                       [{"batch": (1, 1, 4)}])

@@ -14,7 +14,7 @@ from torch.export import Dim
 from transformers import Qwen2ForCausalLM
 
 from ..model import CovoAudio
-from . import BATCH, GraphExport
+from . import BATCH, MAX_PREFILL, GraphExport
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -86,7 +86,7 @@ class Backbone(nn.Module):
         return (self.lm_head(last).float(), *present)
 
 
-def graph(model: CovoAudio) -> GraphExport:
+def graph(model: CovoAudio, max_context: int) -> GraphExport:
     """Traced with batch 2, 3 new tokens and 4 past: tracing one new token would bake in the decode path."""
     cfg = model.config.llm
     backbone = Backbone(model.llm)
@@ -108,4 +108,12 @@ def graph(model: CovoAudio) -> GraphExport:
         {0: BATCH, 1: seq},
         tuple({0: BATCH, 2: past_len} for _ in past),  # flat past tensors: a nested tuple
     )
-    return GraphExport("backbone", backbone, args, names_in, names_out, dynamic)
+    # Two profiles, each self-consistent at every corner (past + sequence = total): prefill takes
+    # long new-token runs on a shorter history, decode one token on a history up to the full context.
+    c = max_context
+    p = min(MAX_PREFILL, c // 2)
+    prefill = {"batch": (1, 1, 2), "sequence": (1, min(256, p), p), "past_sequence": (0, 0, c - p),
+               "total_sequence": (1, min(256, p), c)}
+    decode = {"batch": (1, 1, 2), "sequence": (1, 1, 1), "past_sequence": (0, c // 2 - 1, c - 1),
+              "total_sequence": (1, c // 2, c)}
+    return GraphExport("backbone", backbone, args, names_in, names_out, dynamic, [prefill, decode])

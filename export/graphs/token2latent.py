@@ -10,7 +10,7 @@ from torch import nn
 from torch.export import Dim
 
 from ..token2wav import Token2Wav
-from . import BATCH, GraphExport
+from . import BATCH, MAX_FRAMES, GraphExport
 
 
 class CodeFeatures(nn.Module):
@@ -42,6 +42,7 @@ def graphs(t2w: Token2Wav) -> list[GraphExport]:
     embed = GraphExport(
         "token2latent_codes", CodeFeatures(t2w), (codes,), ["codes"], ["token_features"],
         ({0: BATCH, 1: Dim("codes")},),
+        [{"batch": (1, 1, 1), "codes": (1, 300, MAX_FRAMES // cfg.upsample_factor)}],
     )
     t = 20
     args = (
@@ -52,5 +53,6 @@ def graphs(t2w: Token2Wav) -> list[GraphExport]:
         "token2latent_field", VectorField(t2w), args,
         ["x", "t", "token_features", "latent_cond", "speaker"], ["velocity"],
         ({0: BATCH, 1: frames}, {0: BATCH}, {0: BATCH, 1: frames}, {0: BATCH, 1: frames}, {0: BATCH}),
+        [{"batch": (1, 2, 2), "frames": (4, 1200, MAX_FRAMES)}],  # batch 2 = the CFG pair
     )
     return [embed, field]

@@ -6,9 +6,10 @@ import torch
 from torch.export import Dim
 
 from ..token2wav import Token2Wav
-from . import BATCH, GraphExport
+from . import BATCH, MAX_FRAMES, GraphExport
 
 
 def graph(t2w: Token2Wav) -> GraphExport:
     latents = torch.randn(2, t2w.config.vocoder.latent_dim, 12)
-    return GraphExport("vocoder", t2w.wavegan, (latents,), ["latents"], ["wav"], ({0: BATCH, 2: Dim("frames")},))
+    return GraphExport("vocoder", t2w.wavegan, (latents,), ["latents"], ["wav"], ({0: BATCH, 2: Dim("frames")},),
+                       [{"batch": (1, 1, 1), "frames": (1, 100, MAX_FRAMES)}])
