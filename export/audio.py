@@ -8,11 +8,11 @@ bfloat16 rounding of the mel before the encoder.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+
+from covo_edge.runtime.frontend import mel_filters  # pure numpy, shared with the runtime
 
 SAMPLE_RATE = 24000  # model rate: input audio and output speech
 FRAME = 240  # 100 Hz frames at 24 kHz
@@ -89,29 +89,6 @@ def num_audio_tokens(num_samples: int) -> int:
 def segments(wav: torch.Tensor) -> list[torch.Tensor]:
     """30 s windows of the 24 kHz wav; the last one is shorter."""
     return list(torch.split(wav, SEGMENT))
-
-
-@lru_cache(maxsize=None)
-def mel_filters(n_mels: int = N_MELS, sample_rate: int = MEL_RATE, n_fft: int = N_FFT) -> np.ndarray:
-    """Slaney-scale, Slaney-normalised triangular filters [n_mels, n_fft//2 + 1] (librosa's defaults)."""
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
-
-    def hz_to_mel(f: float) -> float:
-        return f / f_sp if f < min_log_hz else min_log_mel + math.log(f / min_log_hz) / logstep
-
-    def mel_to_hz(m: np.ndarray) -> np.ndarray:
-        return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
-
-    fft_hz = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
-    mel_hz = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(sample_rate / 2), n_mels + 2))
-    widths = np.diff(mel_hz)
-    ramps = mel_hz[:, None] - fft_hz[None, :]
-    lower = -ramps[:-2] / widths[:-1, None]
-    upper = ramps[2:] / widths[1:, None]
-    weights = np.maximum(0.0, np.minimum(lower, upper))
-    weights *= (2.0 / (mel_hz[2:] - mel_hz[:-2]))[:, None]
-    return weights.astype(np.float32)
 
 
 def log_mel(wav16k: torch.Tensor) -> torch.Tensor:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
-import soundfile as sf
+
+from covo_edge.runtime.chat import write_wav
+from covo_edge.runtime.frontend import load_audio
 
 from .pipeline import ReferenceChat
 
@@ -25,35 +24,12 @@ def synthetic_utterance(seconds: float = 3.0, sample_rate: int = 16000, seed: in
     return wav.astype(np.float32)
 
 
-def write_wav(path: str | Path, wav: np.ndarray, sample_rate: int) -> None:
-    """Write via a temp file and rename, so a failed run never leaves half a wav behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".wav", dir=path.parent)
-    os.close(fd)
-    try:
-        sf.write(tmp, wav, sample_rate, subtype="FLOAT")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """[channels, samples] float32 and the rate; a clear error for what soundfile cannot read."""
-    try:
-        wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as e:
-        raise ValueError(f"cannot read audio file {path}: {e}") from None
-    return wav.T, sr
-
-
 def run_demo(model_dir: str, input_wav: str | None, output: str, mode: str = "speech",
              max_new_tokens: int = 60, seed: int = 0) -> None:
     if input_wav is None:
         wav, sr = synthetic_utterance(), 16000
     else:
-        wav, sr = read_wav(input_wav)
+        wav, sr = load_audio(input_wav)
     chat = ReferenceChat(model_dir, mode=mode)
     turn = chat.reply(wav, sr, max_new_tokens=max_new_tokens, seed=seed)
     print(f"input ids ({len(turn.input_ids)}), {np.count_nonzero(turn.input_ids == chat.audio_slot)} audio slots")

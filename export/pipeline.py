@@ -58,6 +58,8 @@ class Turn:
     codes: np.ndarray  # audio codes (id - len(tokenizer))
     text: str
     wav: np.ndarray | None  # 24 kHz float32, speech mode only
+    inputs_embeds: np.ndarray  # [L, H] prompt embeddings, audio features in their slots
+    step_logits: list[np.ndarray]  # raw logits that chose each token (with keep_logits)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
 
@@ -123,6 +125,7 @@ class ReferenceChat:
         seed: int = 0,
         noise: torch.Tensor | None = None,
         force_tokens: list[int] | None = None,
+        keep_logits: bool = False,
     ) -> Turn:
         """One spoken turn: answer `wav` given the conversation so far."""
         first = self.turns == 0
@@ -132,7 +135,8 @@ class ReferenceChat:
         ids = torch.tensor([self.tokenizer.encode(prompt_text("<|cAUDIO|>" * n_slots, first, self.system_prompt)).ids])
         embeds = self.model.embed(ids, self.audio_slot, feats)
         gen = generate(
-            self.model, embeds, ids, self.cache, self.stop_id, sampling, max_new_tokens, generator, force_tokens
+            self.model, embeds, ids, self.cache, self.stop_id, sampling, max_new_tokens, generator, force_tokens,
+            keep_logits,
         )
         self.turns += 1
         timings["prefill"] = gen.prefill_s
@@ -158,5 +162,7 @@ class ReferenceChat:
             codes=codes,
             text=self.tokenizer.decode(text_ids.tolist(), skip_special_tokens=True),
             wav=wav_out,
+            inputs_embeds=embeds[0].numpy(),
+            step_logits=[lg.numpy() for lg in gen.step_logits],
             timings=timings,
         )

@@ -23,8 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from .config import CovoConfig, ReleaseError, Token2WavConfig
 from .model import CovoAudio
@@ -123,6 +121,44 @@ def check_keys(expected: Mapping[str, Sequence[int]], got: Mapping[str, Sequence
     return unexpected
 
 
+SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+                      "I64": torch.int64, "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _safetensors_header(path: Path) -> dict[str, dict]:
+    """The tensor table of a .safetensors file (8-byte length, JSON), checked against the file size."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= size - 8:
+                raise ValueError("bad header length")
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        end = max((v["data_offsets"][1] for v in header.values()), default=0)
+        if 8 + n + end > size:
+            raise ValueError(f"{size} bytes, the header describes {8 + n + end}")
+        for k, v in header.items():
+            v["start"] = 8 + n + v["data_offsets"][0]
+            v["torch_dtype"] = SAFETENSORS_DTYPES[v["dtype"]]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ReleaseError(f"cannot read {path} ({e}): the file is corrupt or truncated; re-download it") from None
+    return header
+
+
+def _read_tensors(path: Path, header: dict[str, dict], keys: list[str]):
+    """Yield (key, tensor) read (not memory-mapped) into one reused scratch buffer: each tensor is
+    valid until the next one is read, so the caller copies it out (converting its dtype on the way)."""
+    sizes = [header[k]["data_offsets"][1] - header[k]["data_offsets"][0] for k in keys]
+    scratch = torch.empty(max(sizes, default=0), dtype=torch.uint8)
+    with open(path, "rb") as f:
+        for k, n in zip(keys, sizes):
+            v = header[k]
+            f.seek(v["start"])
+            f.readinto(memoryview(scratch[:n].numpy()))
+            yield k, scratch[:n].view(v["torch_dtype"]).reshape(v["shape"])
+
+
 def build_covo(config: CovoConfig, device: str | torch.device = "cpu") -> CovoAudio:
     with torch.device(device):
         return CovoAudio(config)
@@ -135,14 +171,13 @@ def load_covo(release: Release, dtype: torch.dtype = torch.float32) -> CovoAudio
     what = f"weights in {release.root}"
     loaded: dict[str, torch.Size] = {}
     for f in release.weight_files:
-        try:
-            shard = load_file(f)
-        except (SafetensorError, OSError) as e:
-            raise ReleaseError(f"cannot read {f} ({e}): the file is corrupt or truncated; re-download it") from None
-        check_shapes(expected, {k: v.shape for k, v in shard.items()}, what)
-        loaded.update({k: v.shape for k, v in shard.items()})
-        model.load_state_dict({k: v.to(dtype) for k, v in shard.items() if k in expected}, strict=False, assign=True)
-        del shard
+        header = _safetensors_header(f)
+        shapes = {k: torch.Size(v["shape"]) for k, v in header.items()}
+        check_shapes(expected, shapes, what)
+        loaded.update(shapes)
+        for k, tensor in _read_tensors(f, header, [k for k in shapes if k in expected]):
+            # one tensor at a time, read (not mapped): peak memory = the model + one tensor
+            model.load_state_dict({k: tensor.to(dtype, copy=True)}, strict=False, assign=True)
     check_keys(expected, loaded, what)
     # Non-persistent buffers (rotary tables) are not in the checkpoint: rebuild them on the CPU.
     rotary = model.llm.model.rotary_emb

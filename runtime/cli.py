@@ -27,6 +27,27 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def _chat(args: argparse.Namespace) -> None:
+    from .chat import chat
+
+    chat(args.artifacts, args.input, args.output_dir, mode=args.mode, greedy=True if args.greedy else None,
+         seed=args.seed, max_new_tokens=args.max_new_tokens, force_tokens=args.force_tokens, noise=args.noise,
+         dump=args.dump, voice=args.voice, backend=args.backend, device=args.device)
+
+
+def _token2wav(args: argparse.Namespace) -> None:
+    from .chat import token2wav
+
+    token2wav(args.artifacts, args.codes, args.output, noise=args.noise, voice=args.voice, seed=args.seed,
+              backend=args.backend, device=args.device)
+
+
+def _add_backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime",))
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--voice", help="voice name from the manifest (default: the first)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="covo-edge", description="Covo-Audio-Chat on one local GPU or a CPU.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -44,6 +65,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-context", type=int, default=8192, help="longest conversation in tokens (KV cache size)")
     e.add_argument("--voice", action="append", help="voice name or prompt dir to ship (repeatable; default: the release's default)")
     e.set_defaults(run=_export)
+
+    c = sub.add_parser("chat", help="answer spoken turns from exported artifacts (no torch)")
+    c.add_argument("artifacts")
+    c.add_argument("--input", action="append", required=True, help="question wav, one per turn (repeatable)")
+    c.add_argument("--output-dir", default="out", help="where turn_N.wav go")
+    c.add_argument("--mode", choices=("speech", "text"), default="speech")
+    c.add_argument("--greedy", action="store_true", help="greedy on every turn (default: greedy first turn only)")
+    c.add_argument("--seed", type=int, help="sampling and ODE-noise seed (turn n uses seed + n)")
+    c.add_argument("--max-new-tokens", type=int)
+    c.add_argument("--force-tokens", action="append", help="tokens .npy to replay instead of sampling, one per turn")
+    c.add_argument("--noise", action="append", help="ODE noise .npy [1, 4*(P+N), 64], one per turn")
+    c.add_argument("--dump", help="write every turn's intermediates to this .npz")
+    _add_backend(c)
+    c.set_defaults(run=_chat)
+
+    w = sub.add_parser("token2wav", help="vocode given audio codes (no torch)")
+    w.add_argument("artifacts")
+    w.add_argument("--codes", required=True, help=".npy of audio codes (0..16383)")
+    w.add_argument("--noise", help=".npy ODE noise [1, 4*(P+N), 64]")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("-o", "--output", required=True)
+    _add_backend(w)
+    w.set_defaults(run=_token2wav)
 
     d = sub.add_parser("demo", help="answer one spoken question with the PyTorch reference (export extra)")
     d.add_argument("--model-dir", required=True, help="release directory (e.g. from make-tiny)")

@@ -29,14 +29,14 @@ def tiny_chat(tiny_dir):
 
 @pytest.fixture(scope="session")
 def tiny_art(tiny_dir, tmp_path_factory) -> Path:
-    """fp32 artifacts of the tiny release (max context 512 keeps engine profiles small)."""
+    """fp32 artifacts of the tiny release (max context 1024 keeps engine profiles small)."""
     from covo_edge.export.exporter import export_release
 
-    return export_release(tiny_dir, tmp_path_factory.mktemp("art") / "fp32", max_context=512, quiet=True)
+    return export_release(tiny_dir, tmp_path_factory.mktemp("art") / "fp32", max_context=1024, quiet=True)
 
 
 @pytest.fixture(scope="session")
 def tiny_art16(tiny_dir, tmp_path_factory) -> Path:
     from covo_edge.export.exporter import export_release
 
-    return export_release(tiny_dir, tmp_path_factory.mktemp("art") / "fp16", dtype="fp16", max_context=512, quiet=True)
+    return export_release(tiny_dir, tmp_path_factory.mktemp("art") / "fp16", dtype="fp16", max_context=1024, quiet=True)

@@ -1,0 +1,103 @@
+"""Audio codes -> 24 kHz speech: code features, the midpoint ODE with classifier-free guidance (numpy
+loop over the vector-field graph), de-normalisation, vocoder. Numerics as upstream (ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .backends import Backend
+from .manifest import ArtifactsError, Manifest
+
+VOICE_FILES = ("prompt_token.npy", "prompt_latent.npy", "speaker_embed.npy")
+
+
+@dataclass
+class Voice:
+    """A voice prompt: its codes [P], normalised latents [L, z] and speaker embedding [S]."""
+
+    name: str
+    prompt_token: np.ndarray
+    prompt_latent: np.ndarray
+    speaker_embed: np.ndarray
+
+    @classmethod
+    def load(cls, directory: Path, name: str | None = None) -> Voice:
+        missing = [f for f in VOICE_FILES if not (directory / f).is_file()]
+        if missing:
+            raise ArtifactsError(f"voice dir {directory} lacks {', '.join(missing)}")
+        token, latent, speaker = (np.load(directory / f, allow_pickle=False) for f in VOICE_FILES)
+        return cls(
+            name=name or directory.name,
+            prompt_token=token.reshape(-1).astype(np.int64),
+            prompt_latent=latent.reshape(-1, latent.shape[-1]).astype(np.float32),
+            speaker_embed=speaker.reshape(-1).astype(np.float32),
+        )
+
+
+def torch_linspace(steps: int) -> np.ndarray:
+    """linspace(0, 1) as torch computes it in float32 (a float32 step, filled from both ends in double
+    precision, then rounded), so the ODE visits the very same times as the reference."""
+    step = float(np.float32(1.0) / np.float32(steps - 1))
+    i = np.arange(steps, dtype=np.float64)
+    return np.where(i < steps // 2, i * step, 1.0 - (steps - 1 - i) * step).astype(np.float32)
+
+
+class Token2Wav:
+    def __init__(self, backend: Backend, manifest: Manifest):
+        self.backend = backend
+        cfg = manifest.token2wav
+        self.steps = int(cfg["s_steps"])
+        self.cfg_alpha = np.float32(cfg["cfg_alpha"])
+        self.factor = int(cfg["upsample_factor"])
+        self.z = int(cfg["z_dim"])
+        self.mean = np.asarray(cfg["latent_mean"], np.float32)
+        self.std = np.sqrt(np.asarray(cfg["latent_var"], np.float32))
+        self.dtype = np.float16 if manifest.dtype == "float16" else np.float32
+
+    def noise_shape(self, num_codes: int, voice: Voice) -> tuple[int, int, int]:
+        return (1, self.factor * (len(voice.prompt_token) + num_codes), self.z)
+
+    def latents(self, codes: np.ndarray, voice: Voice, noise: np.ndarray) -> np.ndarray:
+        """Codes [N] -> de-normalised latents of the reply [1, T, z] (the voice prompt's prefix dropped)."""
+        shape = self.noise_shape(len(codes), voice)
+        if noise.shape != shape:
+            raise ValueError(f"noise has shape {noise.shape}, expected {shape} for {len(codes)} codes")
+        tokens = np.concatenate([voice.prompt_token, np.asarray(codes, np.int64)])[None]
+        feats = self.backend.run("token2latent_codes", {"codes": tokens}, host=["token_features"])["token_features"]
+        frames, prefix = feats.shape[1], len(voice.prompt_latent)
+        cond = np.zeros((1, frames, self.z), self.dtype)
+        cond[0, :prefix] = voice.prompt_latent[:frames]
+        # The CFG pair is one batch of two; only x and t change between the 18 evaluations.
+        pair = {
+            "token_features": np.concatenate([np.zeros_like(feats), feats]),
+            "latent_cond": np.concatenate([cond, cond]),
+            "speaker": np.repeat(voice.speaker_embed[None].astype(self.dtype), 2, axis=0),
+        }
+        x2 = np.empty((2, frames, self.z), self.dtype)
+        t2 = np.empty(2, self.dtype)
+
+        def velocity(z: np.ndarray, t: np.float32) -> np.ndarray:
+            x2[0], x2[1] = z[0], z[0]
+            t2[:] = t
+            v = self.backend.run("token2latent_field", {"x": x2, "t": t2, **pair}, host=["velocity"])["velocity"]
+            v = v.astype(np.float32)
+            return v[1:] + (v[1:] - v[:1]) * self.cfg_alpha
+
+        z = noise.astype(np.float32)
+        times = torch_linspace(self.steps)
+        for t0, t1 in zip(times[:-1], times[1:]):
+            dt = t1 - t0
+            half = np.float32(0.5) * dt
+            f0 = velocity(z, t0)
+            z = z + dt * velocity(z + f0 * half, t0 + half)
+        return self.mean + z[:, prefix:] * self.std
+
+    def vocode(self, latents: np.ndarray) -> np.ndarray:
+        """[1, T, z] -> 24 kHz float32 wav [240 * T]."""
+        if latents.shape[1] == 0:
+            return np.zeros(0, np.float32)
+        x = np.ascontiguousarray(latents.transpose(0, 2, 1).astype(self.dtype))
+        return self.backend.run("vocoder", {"latents": x}, host=["wav"])["wav"].reshape(-1).astype(np.float32)
