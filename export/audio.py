@@ -12,18 +12,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from covo_edge.runtime.frontend import mel_filters  # pure numpy, shared with the runtime
+# Constants, the slot count and the filterbank are plain arithmetic, shared with the runtime; the
+# signal processing below is the independent torch implementation the runtime is checked against.
+from covo_edge.runtime.frontend import (  # noqa: F401
+    FRAME, HOP, MEL_FRAMES, MEL_RATE, MEL_SAMPLES, N_FFT, N_MELS, PAD_MULTIPLE, SAMPLE_RATE, SEGMENT,
+    mel_filters, num_audio_tokens,
+)
 
-SAMPLE_RATE = 24000  # model rate: input audio and output speech
-FRAME = 240  # 100 Hz frames at 24 kHz
-PAD_MULTIPLE = 480
-SEGMENT = 30 * SAMPLE_RATE  # 720000 samples per encoder window
-MEL_RATE = 16000
-N_FFT = 400
-HOP = 160
-N_MELS = 128
-MEL_SAMPLES = 30 * MEL_RATE  # 480000
-MEL_FRAMES = MEL_SAMPLES // HOP  # 3000
 ADAPTER_FRAMES = 188  # encoder 1500 frames after three stride-2 downsamplings
 
 
@@ -76,14 +71,6 @@ def to_model_rate(wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
     wav = resample(wav.float(), sample_rate, SAMPLE_RATE)
     wav = wav[: wav.shape[0] // FRAME * FRAME]
     return F.pad(wav, (0, -wav.shape[0] % PAD_MULTIPLE))
-
-
-def num_audio_tokens(num_samples: int) -> int:
-    """Number of <|cAUDIO|> slots for a 24 kHz wav: 100 Hz frames halved (rounding up) four times."""
-    n = num_samples * 100 // SAMPLE_RATE
-    for _ in range(4):
-        n = (n + 1) // 2
-    return n
 
 
 def segments(wav: torch.Tensor) -> list[torch.Tensor]:

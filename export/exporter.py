@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-import tempfile
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -21,13 +20,14 @@ from torch.utils._pytree import tree_map
 from tqdm import tqdm
 
 from covo_edge.runtime.manifest import SCHEMA_VERSION, GraphSpec, Manifest, TensorSpec
+from covo_edge.runtime.sampling import FIRST_TURN, LATER_TURNS
+from covo_edge.runtime.token2wav import VOICE_FILES
 
 from . import audio
-from .generate import FIRST_TURN, LATER_TURNS
 from .graphs import GraphExport, audio_adapter, audio_encoder, backbone, embed_tokens, token2latent, vocoder
 from .pipeline import prompt_text
 from .release import Release, load_covo, load_token2wav
-from .token2wav import VOICE_FILES
+from .staging import staged_directory
 from .tokenizer import DEFAULT_SYSTEM_PROMPT
 
 OPSET = 18
@@ -81,11 +81,13 @@ def export_release(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp3
                    voices: list[str] | None = None, max_context: int = 8192, quiet: bool = False) -> Path:
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new artifacts directory")
-    release = Release.open(model_dir)
-    torch_dtype = DTYPES[dtype]
+    with staged_directory(out_dir) as tmp:
+        _export(Release.open(model_dir), tmp, DTYPES[dtype], voices, max_context, quiet)
+    return Path(out_dir)
+
+
+def _export(release: Release, out: Path, torch_dtype: torch.dtype, voices: list[str] | None, max_context: int,
+            quiet: bool) -> None:
     model = load_covo(release, torch_dtype)  # bf16 checkpoint -> fp16 shard by shard: no fp32 copy
     t2w = load_token2wav(release)
     t2w.token2latent.to(torch_dtype)  # the latent stats stay float32 for the manifest
@@ -95,22 +97,10 @@ def export_release(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp3
         audio_encoder.graph(model), audio_adapter.graph(model), embed_tokens.graph(model),
         backbone.graph(model, max_context), *token2latent.graphs(t2w), vocoder.graph(t2w),
     ]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        specs = {}
-        for g in tqdm(graphs, desc="export", unit="graph", disable=quiet):
-            specs[g.name] = export_graph(g, tmp)
-        manifest = _manifest(release, model, t2w, chosen, specs, tmp, ONNX_DTYPES_BY_TORCH[torch_dtype], max_context)
-        manifest.save(tmp)
-        tmp.chmod(0o755)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    specs = {}
+    for g in tqdm(graphs, desc="export", unit="graph", disable=quiet):
+        specs[g.name] = export_graph(g, out)
+    _manifest(release, model, t2w, chosen, specs, out, ONNX_DTYPES_BY_TORCH[torch_dtype], max_context).save(out)
 
 
 def _manifest(release, model, t2w, voices, specs, out: Path, dtype: str, max_context: int) -> Manifest:

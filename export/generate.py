@@ -9,25 +9,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from covo_edge.runtime.sampling import Sampling
+
 from .model import CovoAudio
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Order as in transformers' generate: repetition penalty over the turn's ids, Covo's windowed
-    penalty over the last `window` ids, then temperature, top-k, top-p (sampling only)."""
-
-    greedy: bool = True
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.05
-    window_penalty: float = 1.05
-    window: int = 8
-
-
-FIRST_TURN = Sampling()  # upstream: greedy
-LATER_TURNS = Sampling(greedy=False, temperature=0.5, top_k=50, top_p=0.9)
 
 
 def penalize(scores: torch.Tensor, ids: torch.Tensor, penalty: float) -> torch.Tensor:

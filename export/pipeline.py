@@ -15,16 +15,15 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from covo_edge.runtime.frontend import check_audio
+from covo_edge.runtime.sampling import FIRST_TURN, LATER_TURNS, Sampling
+
 from . import audio
-from .generate import FIRST_TURN, LATER_TURNS, Sampling, generate
+from .generate import generate
 from .release import Release, load_covo, load_token2wav
 from .tokenizer import DEFAULT_SYSTEM_PROMPT
 
 MODES = ("speech", "text")
-
-
-class InputError(ValueError):
-    """Audio the model cannot take; the message says what is wrong with it."""
 
 
 def prompt_text(audio_slots: str, first_turn: bool, system_prompt: str) -> str:
@@ -34,20 +33,6 @@ def prompt_text(audio_slots: str, first_turn: bool, system_prompt: str) -> str:
     if first_turn:
         return f"<|im_start|>system\n{system_prompt}<|im_end|>\n{user}<|im_start|>assistant\n"
     return f"\n{user}<|im_start|>assistant\n"
-
-
-def check_audio(wav: np.ndarray, sample_rate: int) -> np.ndarray:
-    """float32 [samples] or [channels, samples]; rejects what would silently give garbage."""
-    wav = np.asarray(wav, dtype=np.float32)
-    if wav.ndim not in (1, 2) or wav.size == 0:
-        raise InputError(f"audio is empty or has shape {wav.shape}; expected [samples] or [channels, samples]")
-    if not np.isfinite(wav).all():
-        raise InputError("audio contains NaN or infinite samples; check the decoder or file that produced it")
-    if sample_rate <= 0:
-        raise InputError(f"sample rate must be positive, got {sample_rate}")
-    if wav.shape[-1] * audio.SAMPLE_RATE < audio.FRAME * sample_rate:
-        raise InputError(f"audio is {wav.shape[-1]} samples at {sample_rate} Hz: shorter than one 10 ms frame")
-    return wav
 
 
 @dataclass

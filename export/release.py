@@ -26,7 +26,9 @@ import torch
 
 from .config import CovoConfig, ReleaseError, Token2WavConfig
 from .model import CovoAudio
-from .token2wav import VOICE_FILES, Token2Wav, Voice
+from covo_edge.runtime.token2wav import VOICE_FILES, Voice
+
+from .token2wav import Token2Wav
 from .vocoder import fold_weight_norm
 
 log = logging.getLogger(__name__)

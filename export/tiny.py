@@ -9,19 +9,20 @@ checkpoint and a voice prompt whose latent prefix is 3 frames longer than 4x its
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 from safetensors.torch import save_file
 from transformers import Qwen2Config, WhisperConfig
 
 from .config import CovoConfig, DiTConfig, Token2WavConfig, VocoderConfig
+from .demo import synthetic_utterance
 from .release import build_covo, weight_norm_keys
+from .staging import staged_directory
 from .token2wav import Token2Wav
 from .tokenizer import SPECIAL_TOKENS, VOCAB_SIZE_TEXT, write_tokenizer
 
@@ -154,26 +155,14 @@ def make_tiny(out_dir: str | Path, seed: int = 0, size: str = "tiny", progress=p
     """Write a complete random-weight release directory; written to a temp dir, renamed at the end."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new directory")
     spec = SIZES[size]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_directory(out_dir) as tmp:
         progress(f"[1/3] LLM, encoder, adapter ({size}) ...")
         _write_llm(tmp, covo_config(spec), seed)
         progress("[2/3] token2wav and voice prompt ...")
         _write_token2wav(tmp, Token2WavConfig(dit=spec.dit, vocoder=spec.vocoder), spec, seed)
-        progress("[3/3] tokenizer ...")
+        progress("[3/3] tokenizer, example question ...")
         write_tokenizer(tmp)
-        for f in tmp.rglob("*"):
-            f.chmod(0o755 if f.is_dir() else 0o644)
-        tmp.chmod(0o755)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+        (tmp / "examples").mkdir()
+        sf.write(tmp / "examples" / "question.wav", synthetic_utterance(3.0, 16000, seed), 16000)
+    return Path(out_dir)

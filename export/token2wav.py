@@ -2,49 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
 
+from covo_edge.runtime.token2wav import Voice
+
 from .config import ReleaseError, Token2WavConfig
 from .token2latent import Token2Latent
 from .vocoder import BigVGAN
-
-VOICE_FILES = ("prompt_token.npy", "prompt_latent.npy", "speaker_embed.npy")
-
-
-@dataclass
-class Voice:
-    """A voice prompt: its codes [P], their (normalised) latents [L, z] and a speaker embedding [S]."""
-
-    name: str
-    prompt_token: np.ndarray
-    prompt_latent: np.ndarray
-    speaker_embed: np.ndarray
-
-    @classmethod
-    def load(cls, directory: Path) -> Voice:
-        directory = Path(directory)
-        missing = [f for f in VOICE_FILES if not (directory / f).is_file()]
-        if missing:
-            raise ReleaseError(f"voice prompt dir {directory} lacks {', '.join(missing)}")
-        try:
-            arrays = [np.load(directory / f, allow_pickle=False) for f in VOICE_FILES]
-        except (ValueError, OSError) as e:
-            raise ReleaseError(f"voice prompt dir {directory}: unreadable .npy ({e})") from None
-        token, latent, speaker = arrays
-        if latent.shape[-1] == 0 or latent.size == 0:
-            raise ReleaseError(f"voice prompt dir {directory}: prompt_latent.npy is empty")
-        return cls(
-            name=directory.name,
-            prompt_token=token.reshape(-1).astype(np.int64),
-            prompt_latent=latent.reshape(-1, latent.shape[-1]).astype(np.float32),
-            speaker_embed=speaker.reshape(-1).astype(np.float32),
-        )
-
 
 class Token2Wav(nn.Module):
     def __init__(self, config: Token2WavConfig):

@@ -68,6 +68,10 @@ class Assistant:
         self.dtype = np.float16 if manifest.dtype == "float16" else np.float32
         self.token2wav = Token2Wav(backend, manifest) if mode == "speech" else None
         self.kv_names = [t.name for t in manifest.graphs["backbone"].inputs[3:]]
+        graphs = ["audio_encoder", "audio_adapter", "embed_tokens", "backbone"]
+        if mode == "speech":
+            graphs += ["token2latent_codes", "token2latent_field", "vocoder"]
+        backend.prepare(graphs)
         self.reset()
 
     @classmethod

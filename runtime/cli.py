@@ -27,6 +27,12 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def _bench(args: argparse.Namespace) -> None:
+    from covo_edge.export.bench import run_bench
+
+    run_bench(args.model_dir, args.artifacts, args.seconds, args.tokens, args.repeats, args.svg)
+
+
 def _chat(args: argparse.Namespace) -> None:
     from .chat import chat
 
@@ -88,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("-o", "--output", required=True)
     _add_backend(w)
     w.set_defaults(run=_token2wav)
+
+    b = sub.add_parser("bench", help="per-stage latency, runtime vs PyTorch reference, as JSON + SVG (export extra)")
+    b.add_argument("--model-dir", required=True)
+    b.add_argument("--artifacts", required=True)
+    b.add_argument("--seconds", type=float, default=3.0, help="length of the synthetic question")
+    b.add_argument("--tokens", type=int, default=40, help="new tokens per turn (forced, identical on both)")
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--svg", help="also draw the breakdown here")
+    b.set_defaults(run=_bench)
 
     d = sub.add_parser("demo", help="answer one spoken question with the PyTorch reference (export extra)")
     d.add_argument("--model-dir", required=True, help="release directory (e.g. from make-tiny)")

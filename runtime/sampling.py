@@ -10,6 +10,9 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Sampling:
+    """Order as in transformers' generate: repetition penalty over the turn's ids, the windowed penalty
+    over the last `window` ids, then temperature, top-k, top-p (sampling only)."""
+
     greedy: bool = True
     temperature: float = 1.0
     top_k: int = 0
@@ -24,6 +27,10 @@ class Sampling:
 
     def but(self, **changes) -> Sampling:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+FIRST_TURN = Sampling()  # upstream: greedy
+LATER_TURNS = Sampling(greedy=False, temperature=0.5, top_k=50, top_p=0.9)
 
 
 def penalize(scores: np.ndarray, ids: np.ndarray, penalty: float) -> None:

@@ -24,11 +24,17 @@ class Voice:
     speaker_embed: np.ndarray
 
     @classmethod
-    def load(cls, directory: Path, name: str | None = None) -> Voice:
+    def load(cls, directory: str | Path, name: str | None = None) -> Voice:
+        directory = Path(directory)
         missing = [f for f in VOICE_FILES if not (directory / f).is_file()]
         if missing:
             raise ArtifactsError(f"voice dir {directory} lacks {', '.join(missing)}")
-        token, latent, speaker = (np.load(directory / f, allow_pickle=False) for f in VOICE_FILES)
+        try:
+            token, latent, speaker = (np.load(directory / f, allow_pickle=False) for f in VOICE_FILES)
+        except (ValueError, OSError) as e:
+            raise ArtifactsError(f"voice dir {directory}: unreadable .npy ({e})") from None
+        if latent.size == 0:
+            raise ArtifactsError(f"voice dir {directory}: prompt_latent.npy is empty")
         return cls(
             name=name or directory.name,
             prompt_token=token.reshape(-1).astype(np.int64),

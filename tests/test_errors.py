@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from covo_edge.export.config import ReleaseError  # noqa: E402
-from covo_edge.export.pipeline import InputError, check_audio  # noqa: E402
+from covo_edge.runtime.frontend import AudioError  # noqa: E402
 from covo_edge.export.release import Release, load_covo, load_token2wav  # noqa: E402
 
 SHARD = "model-00002-of-00002.safetensors"
@@ -101,11 +101,13 @@ def test_missing_voice(broken):
         (np.zeros(0), 16000, "empty"),
         (np.array([0.1, np.nan] * 800), 16000, "NaN"),
         (np.array([np.inf] * 1600), 16000, "NaN or infinite"),
-        (np.zeros(1), 16000, "shorter than one 10 ms frame"),
+        (np.full(1, 0.1), 16000, "too short"),
+        (np.zeros(1600), 16000, "silent"),
         (np.zeros((2, 2, 10)), 16000, "shape"),
-        (np.zeros(1600), 0, "sample rate"),
+        (np.ones(1600), 0, "sample rate"),
     ],
 )
-def test_bad_audio(wav, sr, match):
-    with pytest.raises(InputError, match=match):
-        check_audio(wav, sr)
+def test_reference_rejects_bad_audio(tiny_chat, wav, sr, match):
+    """The reference checks audio exactly as the runtime does."""
+    with pytest.raises(AudioError, match=match):
+        tiny_chat.reply(wav, sr, max_new_tokens=1)

@@ -94,7 +94,8 @@ def test_two_segments_keep_the_first_n_frames(tiny_chat):
 
 def test_kv_cache_decode_equals_one_full_forward(tiny_chat):
     """Teacher-forced decode step logits equal the logits of one forward over the whole sequence."""
-    from covo_edge.export.generate import FIRST_TURN, generate
+    from covo_edge.export.generate import generate
+    from covo_edge.runtime.sampling import FIRST_TURN
 
     tiny_chat.reset()
     _, feats, n_slots, _ = tiny_chat.encode_audio(synthetic_utterance(2.0), 16000)

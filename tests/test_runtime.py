@@ -9,7 +9,6 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from covo_edge.export.demo import synthetic_utterance  # noqa: E402
-from covo_edge.export.generate import Sampling as RefSampling  # noqa: E402
 from covo_edge.runtime.assistant import Assistant, ContextFullError  # noqa: E402
 from covo_edge.runtime.sampling import Sampling, pick, process_logits  # noqa: E402
 from covo_edge.runtime.token2wav import torch_linspace  # noqa: E402
@@ -103,7 +102,7 @@ def test_sampler_matches_the_reference_rules():
     seq = rng.integers(0, 5000, 40)
     for s in (Sampling(), Sampling(greedy=False, temperature=0.5, top_k=50, top_p=0.9)):
         ours = process_logits(logits, seq, s)
-        ref = ref_process(torch.from_numpy(logits), torch.from_numpy(seq), RefSampling(**s.__dict__)).numpy()
+        ref = ref_process(torch.from_numpy(logits), torch.from_numpy(seq), s).numpy()
         assert np.array_equal(np.isinf(ours), np.isinf(ref))
         np.testing.assert_allclose(ours[~np.isinf(ours)], ref[~np.isinf(ref)], rtol=1e-6)
 
@@ -215,3 +214,15 @@ def test_cli_bad_input_gets_one_clear_line(tiny_art, tmp_path, case, expect):
         assert run.returncode == 2 and expect in run.stderr, run.stderr
         assert len(run.stderr.strip().splitlines()) == 1
         assert not out.exists()  # nothing half-written
+
+
+def test_bench_prints_both_sides_and_draws_them(tiny_dir, tiny_art, tmp_path):
+    """A measurement command, not a timed assertion: it reports every stage for both sides."""
+    from covo_edge.export.bench import STAGES, bench
+
+    svg = tmp_path / "b.svg"
+    result = bench(str(tiny_dir), str(tiny_art), seconds=1.0, tokens=8, repeats=1, svg=str(svg))
+    for side in ("runtime", "reference"):
+        assert set(STAGES) <= set(result[side]) and all(result[side][s] > 0 for s in STAGES)
+    text = svg.read_text()
+    assert text.startswith("<svg") and text.count("<rect") == 2 * len(STAGES) + len(STAGES)

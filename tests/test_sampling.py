@@ -5,7 +5,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from covo_edge.export.generate import LATER_TURNS, Sampling, penalize, pick, process_logits  # noqa: E402
+from covo_edge.export.generate import penalize, pick, process_logits  # noqa: E402
+from covo_edge.runtime.sampling import LATER_TURNS, Sampling  # noqa: E402
 
 
 def test_penalty_divides_positive_and_multiplies_negative_once_per_id():

@@ -20,6 +20,9 @@ BACKENDS = ("onnxruntime",)
 class Backend(Protocol):
     device: str
 
+    def prepare(self, graphs: Iterable[str]) -> None:
+        """Load these graphs now, so the first turn does not pay for it."""
+
     def run(self, graph: str, feeds: Mapping[str, Any], host: Iterable[str] = ()) -> dict[str, Any]: ...
 
     def to_host(self, value: Any) -> Any: ...

@@ -1,5 +1,6 @@
-"""ONNX Runtime backend: CPU, or CUDA with onnxruntime-gpu. Sessions open lazily (text-only mode never
-loads token2wav); inputs and outputs go through IO bindings so device-resident values are reused."""
+"""ONNX Runtime backend: CPU, or CUDA with onnxruntime-gpu. Only the graphs a mode needs are opened
+(text-only mode never loads token2wav); inputs and outputs go through IO bindings so device-resident
+values are reused."""
 
 from __future__ import annotations
 
@@ -41,6 +42,10 @@ class OnnxRuntimeBackend:
             except Exception as e:  # ORT raises its own exception types for unreadable models
                 raise ArtifactsError(f"cannot load {path}: {str(e).splitlines()[0]}") from None
         return self.sessions[graph]
+
+    def prepare(self, graphs: Iterable[str]) -> None:
+        for g in graphs:
+            self.session(g)
 
     def run(self, graph: str, feeds: Mapping[str, Any], host: Iterable[str] = ()) -> dict[str, Any]:
         s = self.session(graph)
