@@ -55,7 +55,7 @@ def write_svg(path: Path, result: dict) -> None:
     colours = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1"]
     total = max(sum(result[n][s] for s in STAGES) for n in ("runtime", "reference"))
     width, left, bar = 720, 90, 28
-    scale = (width - left - 20) / total
+    scale = (width - left - 80) / total  # room for the total on the right
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="190" font-family="sans-serif" font-size="12">',
              '<text x="10" y="18" font-size="14">One spoken turn, median ms per stage (lower is better)</text>']
     for row, name in enumerate(("runtime", "reference")):

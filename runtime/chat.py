@@ -25,6 +25,7 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; an output is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
