@@ -164,7 +164,8 @@ class Assistant:
         step_logits = []
         limit = max_new_tokens if force_tokens is None else min(max_new_tokens, len(force_tokens))
         finish = "length"
-        shown = ""
+        shown = ""  # text already yielded
+        pending: list[int] = []  # text ids not yet yielded (an incomplete UTF-8 character waits here)
         t0 = time.perf_counter()
         for step in range(limit):
             if dump is not None:
@@ -173,10 +174,13 @@ class Assistant:
             tokens.append(tok)
             seq = np.append(seq, tok)
             if tok < self.text_vocab and tok != self.stop_id:
-                text = self.tokenizer.decode([t for t in tokens if t < self.text_vocab], skip_special_tokens=True)
-                if not text.endswith("\ufffd") and text != shown:
-                    yield Chunk(text=text[len(shown):])
-                    shown = text
+                pending.append(tok)
+                delta = self.tokenizer.decode(pending, skip_special_tokens=True)
+                if not delta.endswith("\ufffd"):  # decode only what is new: O(1) per token
+                    pending.clear()
+                    if delta:
+                        shown += delta
+                        yield Chunk(text=delta)
             if tok == self.stop_id:
                 finish = "stop"
                 break

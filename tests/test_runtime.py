@@ -226,3 +226,17 @@ def test_bench_prints_both_sides_and_draws_them(tiny_dir, tiny_art, tmp_path):
         assert set(STAGES) <= set(result[side]) and all(result[side][s] > 0 for s in STAGES)
     text = svg.read_text()
     assert text.startswith("<svg") and text.count("<rect") == 2 * len(STAGES) + len(STAGES)
+
+
+def test_fp16_artifacts_answer_end_to_end(tiny_art16, assistant):
+    """fp16 graphs through the same runtime: a whole spoken turn, logits close to fp32 (not bit-equal)."""
+    a16 = Assistant.load(tiny_art16)
+    assistant.reset()
+    wav = synthetic_utterance(2.0)
+    forced = np.array(_teacher_tokens(12, assistant.stop_id))
+    d16, d32 = {}, {}
+    r16 = a16.reply(wav, 16000, force_tokens=forced, dump=d16, seed=0)
+    assistant.reply(wav, 16000, force_tokens=forced, dump=d32, seed=0)
+    assert r16.audio.dtype == np.float32 and np.isfinite(r16.audio).all()
+    assert r16.audio.shape == (240 * (4 * len(r16.audio_codes) - 3),)
+    close(d16["step_logits"], d32["step_logits"], rel=5e-2)
