@@ -190,7 +190,10 @@ def check_audio(wav: np.ndarray, sample_rate: int) -> np.ndarray:
     Catches what would otherwise fail deep inside the model or silently give garbage features.
     """
     try:
-        a = np.asarray(wav, dtype=np.float32)
+        a = np.asarray(wav)
+        # Integer PCM (a microphone's int16, say) is scaled to [-1, 1) like a decoded file.
+        scale = 1.0 / -np.iinfo(a.dtype).min if a.dtype.kind == "i" else 1.0
+        a = a.astype(np.float32) * np.float32(scale) if scale != 1.0 else a.astype(np.float32, copy=False)
     except (TypeError, ValueError) as e:
         raise AudioError(f"audio must be an array of real numbers ({e})") from None
     if a.size == 0:

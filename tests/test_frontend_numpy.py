@@ -179,6 +179,12 @@ def test_check_audio_rejects_bad_input(wav, rate, message):
     assert message in str(e.value)
 
 
+def test_check_audio_scales_integer_pcm():
+    pcm = np.array([-32768, 0, 16384, 32767], np.int16)
+    np.testing.assert_array_equal(frontend.check_audio(np.tile(pcm, 100), 16000)[:4], [-1.0, 0.0, 0.5, 32767 / 32768])
+    assert frontend.check_audio(np.full(400, 2**30, np.int32), 16000).max() == 0.5
+
+
 def test_check_audio_accepts_one_frame_and_returns_float32():
     assert frontend.check_audio(np.ones(160), 16000).dtype == np.float32  # exactly 10 ms
     assert frontend.check_audio(np.ones((2, 441), np.float64), 44100).shape == (2, 441)
