@@ -60,11 +60,6 @@ class CovoAudio(nn.Module):
         self.encoder = WhisperEncoder(config.encoder)
         self.audio_adapter = AudioAdapter(config.encoder.d_model, config.llm.hidden_size, config.adapter_downsample)
 
-    def audio_features(self, mels: torch.Tensor) -> torch.Tensor:
-        """Log-mel segments [S, 128, 3000] -> adapter frames of all segments in order [S*188, H]."""
-        mels = mels.to(self.encoder.conv1.weight.dtype)
-        return self.audio_adapter(self.encoder(mels).last_hidden_state).flatten(0, 1)
-
     def embed(self, input_ids: torch.Tensor, audio_slot_id: int, features: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings [1, L, H] with the first n feature rows scattered into the n audio slots."""
         emb = self.llm.get_input_embeddings()(input_ids)

@@ -20,9 +20,9 @@ from tokenizers import Tokenizer
 
 from . import frontend
 from .backends import load_backend
-from .manifest import ArtifactsError, Manifest
+from .manifest import Manifest
 from .sampling import Sampling, pick, process_logits
-from .token2wav import Token2Wav, Voice
+from .token2wav import Token2Wav, Voice, manifest_voice
 
 MODES = ("speech", "text")
 
@@ -68,6 +68,8 @@ class Assistant:
         self.dtype = np.float16 if manifest.dtype == "float16" else np.float32
         self.token2wav = Token2Wav(backend, manifest) if mode == "speech" else None
         self.kv_names = [t.name for t in manifest.graphs["backbone"].inputs[3:]]
+        self.present_names = [n.replace("past_key_values.", "present.") for n in self.kv_names]
+        self.ones = np.ones((1, self.max_context), np.int64)  # attention mask: a view per step
         graphs = ["audio_encoder", "audio_adapter", "embed_tokens", "backbone"]
         if mode == "speech":
             graphs += ["token2latent_codes", "token2latent_field", "vocoder"]
@@ -82,14 +84,7 @@ class Assistant:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         artifacts = Path(artifacts)
         manifest = Manifest.load(artifacts)
-        chosen = None
-        if mode == "speech":
-            if not manifest.voices:
-                raise ArtifactsError(f"{artifacts} ships no voice; re-export with --voice")
-            name = voice or next(iter(manifest.voices))
-            if name not in manifest.voices:
-                raise ArtifactsError(f"unknown voice {name!r}; available: {', '.join(manifest.voices)}")
-            chosen = Voice.load(artifacts / manifest.voices[name], name)
+        chosen = manifest_voice(artifacts, manifest, voice) if mode == "speech" else None
         return cls(artifacts, manifest, load_backend(backend, artifacts, manifest, device), mode, chosen)
 
     def reset(self) -> None:
@@ -116,12 +111,12 @@ class Assistant:
         total = self.length + n_new
         feeds = {
             "inputs_embeds": embeds,
-            "attention_mask": np.ones((1, total), np.int64),
+            "attention_mask": self.ones[:, :total],
             "position_ids": np.arange(self.length, total, dtype=np.int64)[None],
             **dict(zip(self.kv_names, self.past)),
         }
         out = self.backend.run("backbone", feeds, host=["logits"])
-        self.past = [out[n.replace("past_key_values.", "present.")] for n in self.kv_names]
+        self.past = [out[n] for n in self.present_names]
         self.length = total
         return out["logits"][0]
 
@@ -159,10 +154,11 @@ class Assistant:
             dump.update(wav_24k=wav24, mel=mel, encoder_out=hidden, adapter_out=feats, input_ids=ids,
                         inputs_embeds=embeds[0], prefill_logits=logits)
         rng = np.random.default_rng(seed)
-        seq = ids.copy()
+        limit = max_new_tokens if force_tokens is None else min(max_new_tokens, len(force_tokens))
+        seq = np.empty(len(ids) + limit, np.int64)  # the turn's ids, for the penalties; filled as it grows
+        seq[: len(ids)] = ids
         tokens: list[int] = []
         step_logits = []
-        limit = max_new_tokens if force_tokens is None else min(max_new_tokens, len(force_tokens))
         finish = "length"
         shown = ""  # text already yielded
         pending: list[int] = []  # text ids not yet yielded (an incomplete UTF-8 character waits here)
@@ -170,9 +166,10 @@ class Assistant:
         for step in range(limit):
             if dump is not None:
                 step_logits.append(logits)
-            tok = pick(process_logits(logits, seq, sampling), sampling, rng) if force_tokens is None else int(force_tokens[step])
+            n = len(ids) + step
+            tok = pick(process_logits(logits, seq[:n], sampling), sampling, rng) if force_tokens is None else int(force_tokens[step])
             tokens.append(tok)
-            seq = np.append(seq, tok)
+            seq[n] = tok
             if tok < self.text_vocab and tok != self.stop_id:
                 pending.append(tok)
                 delta = self.tokenizer.decode(pending, skip_special_tokens=True)

@@ -15,7 +15,7 @@ from .assistant import Assistant
 from .frontend import load_audio
 from .manifest import Manifest
 from .backends import load_backend
-from .token2wav import Token2Wav, Voice
+from .token2wav import Token2Wav, manifest_voice
 
 
 def _atomic(path: Path, write) -> None:
@@ -77,8 +77,7 @@ def token2wav(artifacts: str, codes: str, output: str, noise: str | None = None,
               seed: int = 0, backend: str = "onnxruntime", device: str = "cpu") -> None:
     root = Path(artifacts)
     manifest = Manifest.load(root)
-    name = voice or next(iter(manifest.voices))
-    v = Voice.load(root / manifest.voices[name], name)
+    v = manifest_voice(root, manifest, voice)
     t2w = Token2Wav(load_backend(backend, root, manifest, device), manifest)
     c = np.load(codes).reshape(-1).astype(np.int64)
     x0 = np.load(noise) if noise else np.random.default_rng(seed).standard_normal(t2w.noise_shape(len(c), v)).astype(np.float32)

@@ -43,6 +43,16 @@ class Voice:
         )
 
 
+def manifest_voice(artifacts: Path, manifest: Manifest, name: str | None = None) -> Voice:
+    """A voice shipped in the artifacts, by name (default: the first one exported)."""
+    if not manifest.voices:
+        raise ArtifactsError(f"{artifacts} ships no voice; re-export with --voice")
+    name = name or next(iter(manifest.voices))
+    if name not in manifest.voices:
+        raise ArtifactsError(f"unknown voice {name!r}; available: {', '.join(manifest.voices)}")
+    return Voice.load(Path(artifacts) / manifest.voices[name], name)
+
+
 def torch_linspace(steps: int) -> np.ndarray:
     """linspace(0, 1) as torch computes it in float32 (a float32 step, filled from both ends in double
     precision, then rounded), so the ODE visits the very same times as the reference."""
@@ -89,7 +99,7 @@ class Token2Wav:
             x2[0], x2[1] = z[0], z[0]
             t2[:] = t
             v = self.backend.run("token2latent_field", {"x": x2, "t": t2, **pair}, host=["velocity"])["velocity"]
-            v = v.astype(np.float32)
+            v = v.astype(np.float32, copy=False)
             return v[1:] + (v[1:] - v[:1]) * self.cfg_alpha
 
         z = noise.astype(np.float32)

@@ -25,8 +25,6 @@ class Backend(Protocol):
 
     def run(self, graph: str, feeds: Mapping[str, Any], host: Iterable[str] = ()) -> dict[str, Any]: ...
 
-    def to_host(self, value: Any) -> Any: ...
-
 
 def load_backend(name: str, artifacts: Path, manifest: Manifest, device: str) -> Backend:
     if name == "onnxruntime":
