@@ -1,7 +1,7 @@
 """Audio frontend of the reference: any wav -> 24 kHz -> 30 s segments -> 16 kHz log-mel.
 
-Reproduces upstream numerics exactly (see ARCHITECTURE.md, "Frontend"): torchaudio's sinc/Hann
-resampler, 240/480 framing, per-segment 24k->16k resampling, Whisper's 128-bin log-mel, and the
+Reproduces upstream numerics exactly (DESIGN.md, "Numerics the runtime reproduces"): torchaudio's
+sinc/Hann resampler, 240/480 framing, per-segment 24k->16k resampling, Whisper's 128-bin log-mel, and the
 bfloat16 rounding of the mel before the encoder.
 """
 

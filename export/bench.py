@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from covo_edge.runtime.assistant import Assistant
+from covo_edge.runtime.assistant import Assistant, Debug
+from covo_edge.runtime.files import check_output_file, write_atomic
+from covo_edge.runtime.synthetic import synthetic_utterance
+from covo_edge.runtime.token2wav import Token2Wav
 
-from .demo import synthetic_utterance
 from .pipeline import ReferenceChat
 
 STAGES = ("frontend", "encoder", "adapter", "prefill", "decode", "token2wav", "vocoder")
@@ -27,17 +29,18 @@ def bench(model_dir: str, artifacts: str, seconds: float = 3.0, tokens: int = 40
     """Median milliseconds per stage over `repeats` first turns of `tokens` forced tokens, after one warm-up."""
     wav = synthetic_utterance(seconds)
     runtime = Assistant.load(artifacts)
+    token2wav = Token2Wav(runtime.backend, runtime.manifest)
     reference = ReferenceChat(model_dir)
     forced = [151671 + (7 * i) % 16384 if i % 4 else 100 + i for i in range(tokens)]  # 3 codes : 1 text id
     runs = {"runtime": [], "reference": []}
     for i in range(repeats + 1):  # the first turn warms both up and is not counted
         runtime.reset()
-        r = runtime.reply(wav, 16000, force_tokens=np.array(forced), seed=0)
+        r = runtime.reply(wav, 16000, seed=0, debug=Debug(force_tokens=np.array(forced)))
         if i:
             runs["runtime"].append(r.timings)
         reference.reset()
         noise = torch.from_numpy(np.random.default_rng(0).standard_normal(
-            runtime.token2wav.noise_shape(len(r.audio_codes), runtime.voice)).astype(np.float32))
+            token2wav.noise_shape(len(r.audio_codes), runtime.voice)).astype(np.float32))
         ref_timings = reference.reply(wav, 16000, force_tokens=forced, noise=noise).timings
         if i:
             runs["reference"].append(ref_timings)
@@ -71,8 +74,11 @@ def write_svg(path: Path, result: dict) -> None:
         x = 10 + i * 100
         parts.append(f'<rect x="{x}" y="150" width="12" height="12" fill="{colour}"/><text x="{x + 16}" y="160">{stage}</text>')
     parts.append("</svg>")
-    path.write_text("\n".join(parts))
+    svg = "\n".join(parts).encode()
+    write_atomic(path, lambda f: f.write(svg))
 
 
 def run_bench(model_dir: str, artifacts: str, seconds: float, tokens: int, repeats: int, svg: str | None) -> None:
+    if svg:
+        check_output_file(svg, "--svg")
     print(json.dumps(bench(model_dir, artifacts, seconds, tokens, repeats, svg), indent=2))

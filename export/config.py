@@ -9,9 +9,11 @@ from typing import Any
 
 from transformers import Qwen2Config, WhisperConfig
 
+from covo_edge.runtime.errors import CovoEdgeError
 
-class ReleaseError(ValueError):
-    """A release directory or artifact that cannot be used; the message names the problem and the fix."""
+
+class ReleaseError(CovoEdgeError, ValueError):
+    """A release directory that cannot be used; the message names the problem and the fix."""
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -79,6 +81,11 @@ class CovoConfig:
     @property
     def num_audio_codes(self) -> int:
         return self.llm.vocab_size - self.audio_token_index
+
+    @property
+    def head_dim(self) -> int:
+        """The attention head width: the config's own `head_dim` where it has one (the one place it is computed)."""
+        return getattr(self.llm, "head_dim", None) or self.llm.hidden_size // self.llm.num_attention_heads
 
 
 @dataclass(frozen=True)

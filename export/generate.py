@@ -1,5 +1,5 @@
-"""Reference decoding: upstream's logits processing (transformers generate + Covo's windowed penalty) and
-the prefill/decode loop over a KV cache."""
+"""Reference decoding in torch: upstream's logits processing (transformers generate + Covo's windowed
+penalty) and the prefill/decode loop over a KV cache. The runtime's numpy twins live in runtime/sampling.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from covo_edge.runtime.sampling import Sampling
 from .model import CovoAudio
 
 
-def penalize(scores: torch.Tensor, ids: torch.Tensor, penalty: float) -> torch.Tensor:
+def reference_penalize(scores: torch.Tensor, ids: torch.Tensor, penalty: float) -> torch.Tensor:
     """Once per distinct id: negative scores times the penalty, positive ones divided by it."""
     if penalty == 1.0 or ids.numel() == 0:
         return scores
@@ -25,11 +25,11 @@ def penalize(scores: torch.Tensor, ids: torch.Tensor, penalty: float) -> torch.T
     return scores
 
 
-def process_logits(logits: torch.Tensor, seq: torch.Tensor, s: Sampling) -> torch.Tensor:
+def reference_process_logits(logits: torch.Tensor, seq: torch.Tensor, s: Sampling) -> torch.Tensor:
     """Raw logits [V] of the next position + the turn's ids so far -> scores to pick from."""
-    scores = penalize(logits.float(), seq, s.repetition_penalty)
+    scores = reference_penalize(logits.float(), seq, s.repetition_penalty)
     if s.window > 0:
-        scores = penalize(scores, seq[-s.window :], s.window_penalty)
+        scores = reference_penalize(scores, seq[-s.window :], s.window_penalty)
     if s.greedy:
         return scores
     scores = scores / s.temperature
@@ -45,7 +45,7 @@ def process_logits(logits: torch.Tensor, seq: torch.Tensor, s: Sampling) -> torc
     return scores
 
 
-def pick(scores: torch.Tensor, s: Sampling, generator: torch.Generator | None) -> int:
+def reference_pick(scores: torch.Tensor, s: Sampling, generator: torch.Generator | None) -> int:
     if s.greedy:
         return int(scores.argmax())
     return int(torch.multinomial(scores.softmax(-1), 1, generator=generator))
@@ -90,7 +90,7 @@ def generate(
         if keep_logits:
             out.step_logits.append(logits.clone())
         if force_tokens is None:
-            tok = pick(process_logits(logits, seq, sampling), sampling, generator)
+            tok = reference_pick(reference_process_logits(logits, seq, sampling), sampling, generator)
         else:
             tok = int(force_tokens[step])
         out.tokens.append(tok)

@@ -15,24 +15,15 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from covo_edge.runtime.assistant import MODES
+from covo_edge.runtime.errors import OptionError
 from covo_edge.runtime.frontend import check_audio
+from covo_edge.runtime.prompt import SYSTEM_PROMPT, turn_text
 from covo_edge.runtime.sampling import FIRST_TURN, LATER_TURNS, Sampling
 
 from . import audio
 from .generate import generate
 from .release import Release, load_covo, load_token2wav
-from .tokenizer import DEFAULT_SYSTEM_PROMPT
-
-MODES = ("speech", "text")
-
-
-def prompt_text(audio_slots: str, first_turn: bool, system_prompt: str) -> str:
-    """Upstream's chat layout around the user's audio slots; a later turn continues the cached
-    history right after the unfed stop token."""
-    user = f"<|im_start|>user\n<|begofcAUDIO|>{audio_slots}<|endofcAUDIO|><|im_end|>\n"
-    if first_turn:
-        return f"<|im_start|>system\n{system_prompt}<|im_end|>\n{user}<|im_start|>assistant\n"
-    return f"\n{user}<|im_start|>assistant\n"
 
 
 @dataclass
@@ -55,10 +46,10 @@ class ReferenceChat:
         mode: str = "speech",
         voice: str | Path | None = None,
         dtype: torch.dtype = torch.float32,
-        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        system_prompt: str = SYSTEM_PROMPT,
     ):
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise OptionError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.release = Release.open(model_dir)
         self.mode = mode
         self.system_prompt = system_prompt
@@ -117,7 +108,7 @@ class ReferenceChat:
         sampling = sampling or (FIRST_TURN if first else LATER_TURNS)
         generator = torch.Generator().manual_seed(seed)
         _, feats, n_slots, timings = self.encode_audio(wav, sample_rate)
-        ids = torch.tensor([self.tokenizer.encode(prompt_text("<|cAUDIO|>" * n_slots, first, self.system_prompt)).ids])
+        ids = torch.tensor([self.tokenizer.encode(turn_text(n_slots, first, self.system_prompt)).ids])
         embeds = self.model.embed(ids, self.audio_slot, feats)
         gen = generate(
             self.model, embeds, ids, self.cache, self.stop_id, sampling, max_new_tokens, generator, force_tokens,

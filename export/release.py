@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import CovoConfig, ReleaseError, Token2WavConfig
-from .model import CovoAudio
 from covo_edge.runtime.token2wav import VOICE_FILES, Voice
 
-from .token2wav import Token2Wav
+from .config import CovoConfig, ReleaseError, Token2WavConfig
+from .model import CovoAudio
+from .token2wav import ReferenceToken2Wav
 from .vocoder import fold_weight_norm
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ def release_key_shapes(module_shapes: Mapping[str, torch.Size], weight_norm_keys
     return out
 
 
-def weight_norm_keys(model: Token2Wav) -> list[str]:
+def weight_norm_keys(model: ReferenceToken2Wav) -> list[str]:
     """Vocoder convs that the release stores weight-normed (every conv of BigVGAN)."""
     return [
         f"wavegan.{name}.weight"
@@ -227,7 +227,7 @@ def weight_norm_keys(model: Token2Wav) -> list[str]:
     ]
 
 
-def load_token2wav(release: Release) -> Token2Wav:
+def load_token2wav(release: Release) -> ReferenceToken2Wav:
     path = release.root / "token2wav" / "model.pt"
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -236,7 +236,7 @@ def load_token2wav(release: Release) -> Token2Wav:
     if not isinstance(raw, Mapping):
         raise ReleaseError(f"{path} holds a {type(raw).__name__}, expected a state dict")
     state = token2wav_state(raw)
-    model = Token2Wav(release.token2wav_config)
+    model = ReferenceToken2Wav(release.token2wav_config)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     check_keys(expected, {k: v.shape for k, v in state.items()}, str(path))
     model.load_state_dict({k: state[k].float() for k in expected})

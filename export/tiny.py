@@ -19,11 +19,13 @@ import torch
 from safetensors.torch import save_file
 from transformers import Qwen2Config, WhisperConfig
 
+from covo_edge.runtime.errors import OptionError
+from covo_edge.runtime.files import staged_directory
+from covo_edge.runtime.synthetic import synthetic_utterance
+
 from .config import CovoConfig, DiTConfig, Token2WavConfig, VocoderConfig
-from .demo import synthetic_utterance
 from .release import build_covo, weight_norm_keys
-from .staging import staged_directory
-from .token2wav import Token2Wav
+from .token2wav import ReferenceToken2Wav
 from .tokenizer import SPECIAL_TOKENS, VOCAB_SIZE_TEXT, write_tokenizer
 
 VOCAB = 168055
@@ -124,7 +126,7 @@ def _write_llm(out: Path, config: CovoConfig, seed: int) -> None:
 def _write_token2wav(out: Path, config: Token2WavConfig, size: Size, seed: int) -> None:
     t2w = out / "token2wav"
     t2w.mkdir()
-    model = Token2Wav(config)
+    model = ReferenceToken2Wav(config)
     state = _randomize(model, seed, "token2wav.")
     release_state = {}
     for k, v in state.items():
@@ -151,12 +153,13 @@ def _write_token2wav(out: Path, config: Token2WavConfig, size: Size, seed: int) 
     np.save(voice / "speaker_embed.npy", rng.normal(0, 1, (1, config.dit.spkr_embed_dim)).astype(np.float32))
 
 
-def make_tiny(out_dir: str | Path, seed: int = 0, size: str = "tiny", progress=print) -> Path:
-    """Write a complete random-weight release directory; written to a temp dir, renamed at the end."""
+def make_tiny(out_dir: str | Path, seed: int = 0, size: str = "tiny", force: bool = False, progress=print) -> Path:
+    """Write a complete random-weight release directory; written to a temp dir, renamed at the end (with
+    `force`, over an earlier make-tiny in `out_dir`)."""
     if size not in SIZES:
-        raise ValueError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
+        raise OptionError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
     spec = SIZES[size]
-    with staged_directory(out_dir) as tmp:
+    with staged_directory(out_dir, "make-tiny", force=force) as tmp:
         progress(f"[1/3] LLM, encoder, adapter ({size}) ...")
         _write_llm(tmp, covo_config(spec), seed)
         progress("[2/3] token2wav and voice prompt ...")

@@ -12,7 +12,10 @@ from .config import ReleaseError, Token2WavConfig
 from .token2latent import Token2Latent
 from .vocoder import BigVGAN
 
-class Token2Wav(nn.Module):
+
+class ReferenceToken2Wav(nn.Module):
+    """The PyTorch token2wav (the runtime's `Token2Wav` is its ONNX twin); keys as the release's model.pt."""
+
     def __init__(self, config: Token2WavConfig):
         super().__init__()
         self.config = config

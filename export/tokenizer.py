@@ -16,7 +16,9 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-__all__ = ["DEFAULT_SYSTEM_PROMPT", "SPECIAL_TOKENS", "VOCAB_SIZE_TEXT", "write_tokenizer"]
+from covo_edge.runtime.prompt import SYSTEM_PROMPT
+
+__all__ = ["SPECIAL_TOKENS", "VOCAB_SIZE_TEXT", "write_tokenizer"]
 
 VOCAB_SIZE_TEXT = 151643
 """Number of ordinary BPE ids (0..151642), as in Qwen2.5."""
@@ -55,15 +57,6 @@ SPECIAL_TOKENS: list[tuple[int, str]] = [
     (151670, "<|covo_reserved_2|>"),
 ]
 
-DEFAULT_SYSTEM_PROMPT = (
-    '你是"小腾"，英文名是"Covo"，由腾讯开发的AI助手。\n'
-    "1、请使用简洁、口语化的语言和用户聊天，你的态度积极、耐心，像一位值得信赖的朋友。\n"
-    "2、不要使用列表或编号，避免输出网址、表情符号和复杂的公式。\n"
-    "3、不评价竞争对手，不发表主观政治观点，针对色情类、政治类、恐怖类、歧视类、暴力类的用户问题，"
-    "你要妥善应对潜在的安全风险，并给出幽默，情绪安抚以及安全的劝导。\n"
-    "请用文本和音频进行对话，交替生成5个文本token和15个音频token，音频部分使用发音人：default_female"
-)
-"""Covo-Audio-Chat's default system prompt (interleaved 5 text / 15 audio tokens)."""
 
 _QWEN2_SPLIT_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
@@ -71,7 +64,7 @@ _QWEN2_SPLIT_REGEX = (
 )
 
 _CORPUS: tuple[str, ...] = (
-    DEFAULT_SYSTEM_PROMPT,
+    SYSTEM_PROMPT,
     "Good morning! Did you sleep well last night?",
     "I usually drink a cup of coffee before I start working.",
     "The weather is lovely today, so let's take a walk in the park.",
@@ -230,7 +223,7 @@ _CHAT_TEMPLATE = (
 
 def _chat_template() -> str:
     """Inline the default system prompt so the template needs no extra render kwargs."""
-    return "{%- set default_system = " + json.dumps(DEFAULT_SYSTEM_PROMPT, ensure_ascii=False) + " %}" + _CHAT_TEMPLATE
+    return "{%- set default_system = " + json.dumps(SYSTEM_PROMPT, ensure_ascii=False) + " %}" + _CHAT_TEMPLATE
 
 
 def _added_token_entry(content: str) -> dict[str, object]:

@@ -1,1 +1,22 @@
-"""Lean inference side: reads exported artifacts, never imports torch."""
+"""Lean inference side: reads exported artifacts, never imports torch (nor the export, engines or
+calibration side). The public API:
+
+    from covo_edge.runtime import Assistant
+    assistant = Assistant.load("artifacts/")
+    reply = assistant.reply(wav, sample_rate)
+"""
+
+from .assistant import MODES, Assistant, Chunk, Debug, Mode, Reply
+from .backends import BACKENDS, DEVICES, Backend, BackendName, Device
+from .errors import (
+    ArtifactsError, AudioError, CodesError, ContextFullError, CovoEdgeError, InputError, OptionError, OutputError,
+)
+from .manifest import Manifest
+from .sampling import Sampling
+from .token2wav import Token2Wav, Voice
+
+__all__ = [
+    "Assistant", "Reply", "Chunk", "Debug", "Mode", "MODES", "Backend", "BackendName", "BACKENDS", "Device", "DEVICES",
+    "Sampling", "Voice", "Token2Wav", "Manifest", "CovoEdgeError", "ArtifactsError", "AudioError", "CodesError",
+    "ContextFullError", "InputError", "OptionError", "OutputError",
+]

@@ -1,86 +1,91 @@
-"""`covo-edge chat` and `covo-edge token2wav`: the assistant from the command line, writing wavs and,
-with --dump, every turn's named intermediates so a device can be diffed against the reference."""
+"""`covo-edge chat` and `covo-edge token2wav`: the assistant from the command line. Every input is read
+and checked, and every output place checked, before the first turn runs; outputs are written whole."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import sys
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-from .assistant import Assistant
-from .frontend import load_audio
-from .manifest import Manifest
+from .assistant import Assistant, Debug, check_tokens
 from .backends import load_backend
-from .token2wav import Token2Wav, manifest_voice
+from .cli import shorten
+from .errors import InputError, OptionError
+from .files import check_output_dir, check_output_file, read_npy, write_atomic, write_npz, write_wav
+from .frontend import load_audio
+from .manifest import SPEECH_GRAPHS, Manifest
+from .token2wav import Token2Wav, check_codes, manifest_voice
 
 
-def _atomic(path: Path, write) -> None:
-    """Write through a temp file in the same folder and rename: never a half-written output."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; an output is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def write_wav(path: str | Path, wav: np.ndarray, sample_rate: int) -> None:
-    _atomic(Path(path), lambda tmp: sf.write(tmp, wav, sample_rate, subtype="FLOAT", format="WAV"))
-
-
-def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
-    def save(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    _atomic(Path(path), save)
+def read_noise(path: str, z_dim: int) -> np.ndarray:
+    x = read_npy(path, "ODE noise")
+    if x.dtype.kind != "f" or x.ndim != 3 or x.shape[0] != 1 or x.shape[2] != z_dim or not np.isfinite(x).all():
+        raise InputError(f"{path}: ODE noise must be finite floats [1, frames, {z_dim}], got {x.dtype} {x.shape}")
+    return x.astype(np.float32, copy=False)
 
 
 def chat(artifacts: str, inputs: list[str], output_dir: str, *, mode: str = "speech", greedy: bool | None = None,
          seed: int | None = None, max_new_tokens: int | None = None, force_tokens: list[str] | None = None,
-         noise: list[str] | None = None, dump: str | None = None, voice: str | None = None,
-         backend: str = "onnxruntime", device: str = "cpu") -> None:
-    assistant = Assistant.load(artifacts, backend=backend, device=device, mode=mode, voice=voice)
+         noise: list[str] | None = None, dump: str | None = None, dump_logits: int | str = 0,
+         voice: str | None = None, backend: str = "onnxruntime", device: str = "cpu") -> int:
+    """One turn per input on one conversation; prints a line per turn (the text cut to fit a screen) and its
+    timings, writes turn_N.txt (the whole text) and turn_N.wav. Returns 1 when a speech turn produced no
+    audio codes (there is no speech to write for it), else 0."""
+    out = check_output_dir(output_dir)
+    if dump:
+        check_output_file(dump, "--dump")
     for name, given in (("--force-tokens", force_tokens), ("--noise", noise)):
         if given and len(given) != len(inputs):
-            raise ValueError(f"{name} takes one file per --input ({len(inputs)}), got {len(given)}")
+            raise OptionError(f"{name} takes one file per --input ({len(inputs)}), got {len(given)}")
+    questions = [load_audio(p) for p in inputs]  # every turn's input checked before the first turn runs
+    manifest = Manifest.load(artifacts)
+    forced = [check_tokens(read_npy(p, "forced tokens"), manifest.llm.vocab_size, p) for p in force_tokens or []]
+    noises = [read_noise(p, manifest.token2wav.z_dim) for p in noise or []]
+    assistant = Assistant.load(artifacts, backend=backend, device=device, mode=mode, voice=voice)
     dumps: dict[str, np.ndarray] = {}
-    out = Path(output_dir)
-    for n, path in enumerate(inputs):
-        wav, sr = load_audio(path)
-        turn_dump = {} if dump else None
-        reply = assistant.reply(
-            wav, sr, greedy=greedy, seed=None if seed is None else seed + n, max_new_tokens=max_new_tokens,
-            force_tokens=np.load(force_tokens[n]) if force_tokens else None,
-            noise=np.load(noise[n]) if noise else None, dump=turn_dump,
-        )
-        print(f"turn {n}: {reply.text!r} ({len(reply.text_ids)} text ids, {len(reply.audio_codes)} audio codes, "
-              f"{reply.finish_reason})")
-        if reply.audio is not None:
-            write_wav(out / f"turn_{n}.wav", reply.audio, reply.sample_rate)
+    silent_turns = 0
+    for n, (wav, rate) in enumerate(questions):
+        debug = Debug(force_tokens=forced[n] if forced else None, noise=noises[n] if noises else None,
+                      dump={} if dump else None, step_logits=dump_logits)
+        reply = assistant.reply(wav, rate, greedy=greedy, seed=None if seed is None else seed + n,
+                                max_new_tokens=max_new_tokens, debug=debug)
+        print(f"turn {n}: {shorten(reply.text)} ({len(reply.text_ids)} text ids, {len(reply.audio_codes)} audio "
+              f"codes, {reply.finish_reason})")
         print("timings_ms " + json.dumps({k: round(v * 1000, 2) for k, v in reply.timings.items()}))
-        if turn_dump is not None:
-            dumps.update({f"t{n}_{k}": np.asarray(v) for k, v in turn_dump.items()})
+        text = reply.text.encode()
+        write_atomic(out / f"turn_{n}.txt", lambda f: f.write(text))
+        wav_path = out / f"turn_{n}.wav"
+        if reply.audio is not None:
+            write_wav(wav_path, reply.audio, reply.sample_rate)
+        elif mode == "speech":
+            silent_turns += 1
+            stale = f"; the {wav_path} there is from an earlier run" if wav_path.exists() else ""
+            print(f"covo-edge chat: turn {n}'s reply holds no audio codes, so there is no speech: {wav_path.name} "
+                  f"was not written{stale}", file=sys.stderr)
+        if debug.dump is not None:
+            dumps.update({f"t{n}_{k}": v for k, v in debug.dump.items()})
     if dump:
         write_npz(dump, dumps)
+    return 1 if silent_turns else 0
 
 
 def token2wav(artifacts: str, codes: str, output: str, noise: str | None = None, voice: str | None = None,
-              seed: int = 0, backend: str = "onnxruntime", device: str = "cpu") -> None:
+              seed: int = 0, backend: str = "onnxruntime", device: str = "cpu") -> int:
+    """Vocode the audio codes of a .npy file in a voice of the artifacts."""
+    check_output_file(output, "-o")
     root = Path(artifacts)
     manifest = Manifest.load(root)
+    c = check_codes(read_npy(codes, "audio codes"), manifest.num_audio_codes, codes)
+    x0 = read_noise(noise, manifest.token2wav.z_dim) if noise else None
     v = manifest_voice(root, manifest, voice)
-    t2w = Token2Wav(load_backend(backend, root, manifest, device), manifest)
-    c = np.load(codes).reshape(-1).astype(np.int64)
-    x0 = np.load(noise) if noise else np.random.default_rng(seed).standard_normal(t2w.noise_shape(len(c), v)).astype(np.float32)
+    speech_backend = load_backend(backend, root, manifest, device)
+    speech_backend.prepare(SPEECH_GRAPHS)
+    t2w = Token2Wav(speech_backend, manifest)
+    if x0 is None:
+        x0 = np.random.default_rng(seed).standard_normal(t2w.noise_shape(len(c), v)).astype(np.float32)
     wav = t2w.vocode(t2w.latents(c, v, x0))
-    write_wav(output, wav, int(manifest.token2wav["sample_rate"]))
-    print(f"wrote {output}: {len(wav)} samples")
+    write_wav(output, wav, manifest.token2wav.sample_rate)
+    print(f"wrote {output}: {len(wav)} samples ({len(wav) / manifest.token2wav.sample_rate:.2f} s)")
+    return 0

@@ -1,134 +1,165 @@
-"""`covo-edge`: one command line; each subcommand imports its stage lazily (the runtime never loads torch)."""
+"""`covo-edge`: one command line for every side of the project.
+
+The runtime owns the command and its own subcommands (chat, token2wav, check). The other sides add
+theirs through the `covo_edge.commands` entry-point group (pyproject.toml): each entry is a
+`register(subparsers)` function, so the runtime imports nothing of theirs, and a runtime-only install
+lists their commands but says which extra they need when run.
+
+Exit status: 0 done; 1 the command ran but found a problem (`check` failures, a speech turn without
+audio codes); 2 bad input or usage, one line on stderr naming the problem and the fix, nothing written.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from importlib.metadata import entry_points
+
+from .errors import CovoEdgeError, os_reason
+
+COMMAND_GROUP = "covo_edge.commands"
 
 
-def _make_tiny(args: argparse.Namespace) -> None:
-    from covo_edge.export.tiny import make_tiny
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line (no usage dump), exit status 2."""
 
-    out = make_tiny(args.out_dir, seed=args.seed, size=args.size)
-    print(f"wrote a random-weight {args.size} release to {out}")
-
-
-def _demo(args: argparse.Namespace) -> None:
-    from covo_edge.export.demo import run_demo
-
-    run_demo(args.model_dir, args.input, args.output, mode=args.mode, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message}\n")
 
 
-def _export(args: argparse.Namespace) -> None:
-    from covo_edge.export.exporter import export_release
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= minimum (the wording of errors.at_least)."""
 
-    out = export_release(args.model_dir, args.output, dtype=args.dtype, voices=args.voice,
-                         max_context=args.max_context)
-    print(f"wrote {out}")
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer of at least {minimum}, got {text!r}")
+        return value
 
-
-def _bench(args: argparse.Namespace) -> None:
-    from covo_edge.export.bench import run_bench
-
-    run_bench(args.model_dir, args.artifacts, args.seconds, args.tokens, args.repeats, args.svg)
-
-
-def _chat(args: argparse.Namespace) -> None:
-    from .chat import chat
-
-    chat(args.artifacts, args.input, args.output_dir, mode=args.mode, greedy=True if args.greedy else None,
-         seed=args.seed, max_new_tokens=args.max_new_tokens, force_tokens=args.force_tokens, noise=args.noise,
-         dump=args.dump, voice=args.voice, backend=args.backend, device=args.device)
+    return parse
 
 
-def _token2wav(args: argparse.Namespace) -> None:
-    from .chat import token2wav
+def float_above(minimum: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not value > minimum or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a number above {minimum:g}, got {text!r}")
+        return value
 
-    token2wav(args.artifacts, args.codes, args.output, noise=args.noise, voice=args.voice, seed=args.seed,
-              backend=args.backend, device=args.device)
+    return parse
 
 
-def _add_backend(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime",))
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+def shorten(text: str, limit: int = 200) -> str:
+    """A reply's text for the terminal: a Python literal cut to `limit` characters, the full length said."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def add_backend_options(p: argparse.ArgumentParser) -> None:
+    from .backends import BACKENDS, DEVICES
+
+    p.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
+    p.add_argument("--device", default="cpu", choices=DEVICES)
     p.add_argument("--voice", help="voice name from the manifest (default: the first)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="covo-edge", description="Covo-Audio-Chat on one local GPU or a CPU.")
-    sub = p.add_subparsers(dest="command", required=True)
+def _chat(args: argparse.Namespace) -> int:
+    from .chat import chat
 
-    t = sub.add_parser("make-tiny", help="write a random-weight release of the exact architecture (offline)")
-    t.add_argument("out_dir")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--size", choices=("tiny", "small"), default="tiny", help="small = Qwen2.5-0.5B-shaped backbone")
-    t.set_defaults(run=_make_tiny)
+    return chat(args.artifacts, args.input, args.output_dir, mode=args.mode, greedy=True if args.greedy else None,
+                seed=args.seed, max_new_tokens=args.max_new_tokens, force_tokens=args.force_tokens, noise=args.noise,
+                dump=args.dump, dump_logits=args.dump_logits, voice=args.voice, backend=args.backend,
+                device=args.device)
 
-    e = sub.add_parser("export", help="release directory -> ONNX graphs + manifest.json (export extra)")
-    e.add_argument("model_dir")
-    e.add_argument("-o", "--output", required=True, help="artifacts directory to create")
-    e.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32")
-    e.add_argument("--max-context", type=int, default=8192, help="longest conversation in tokens (KV cache size)")
-    e.add_argument("--voice", action="append", help="voice name or prompt dir to ship (repeatable; default: the release's default)")
-    e.set_defaults(run=_export)
 
+def _token2wav(args: argparse.Namespace) -> int:
+    from .chat import token2wav
+
+    return token2wav(args.artifacts, args.codes, args.output, noise=args.noise, voice=args.voice, seed=args.seed,
+                     backend=args.backend, device=args.device)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .check import run_check
+
+    return run_check(args.artifacts, backend=args.backend, device=args.device)
+
+
+def _dump_logits(text: str) -> int | str:
+    return "all" if text == "all" else int_at_least(1)(text)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """The runtime's own subcommands."""
     c = sub.add_parser("chat", help="answer spoken turns from exported artifacts (no torch)")
     c.add_argument("artifacts")
-    c.add_argument("--input", action="append", required=True, help="question wav, one per turn (repeatable)")
+    c.add_argument("--input", action="append", required=True, help="question audio, one per turn (repeatable)")
     c.add_argument("--output-dir", default="out", help="where turn_N.wav go")
     c.add_argument("--mode", choices=("speech", "text"), default="speech")
     c.add_argument("--greedy", action="store_true", help="greedy on every turn (default: greedy first turn only)")
-    c.add_argument("--seed", type=int, help="sampling and ODE-noise seed (turn n uses seed + n)")
-    c.add_argument("--max-new-tokens", type=int)
+    c.add_argument("--seed", type=int_at_least(0), help="sampling and ODE-noise seed (turn n uses seed + n)")
+    c.add_argument("--max-new-tokens", type=int_at_least(1))
     c.add_argument("--force-tokens", action="append", help="tokens .npy to replay instead of sampling, one per turn")
     c.add_argument("--noise", action="append", help="ODE noise .npy [1, 4*(P+N), 64], one per turn")
-    c.add_argument("--dump", help="write every turn's intermediates to this .npz")
-    _add_backend(c)
+    c.add_argument("--dump", help="write every turn's intermediates to this .npz (compressed)")
+    c.add_argument("--dump-logits", type=_dump_logits, default=0, metavar="K|all",
+                   help="with --dump: each decode step's top-K logits (ids and values), or all of them")
+    add_backend_options(c)
     c.set_defaults(run=_chat)
 
     w = sub.add_parser("token2wav", help="vocode given audio codes (no torch)")
     w.add_argument("artifacts")
-    w.add_argument("--codes", required=True, help=".npy of audio codes (0..16383)")
+    w.add_argument("--codes", required=True, help=".npy of audio codes, 1-D integers 0..16383")
     w.add_argument("--noise", help=".npy ODE noise [1, 4*(P+N), 64]")
-    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--seed", type=int_at_least(0), default=0)
     w.add_argument("-o", "--output", required=True)
-    _add_backend(w)
+    add_backend_options(w)
     w.set_defaults(run=_token2wav)
 
-    b = sub.add_parser("bench", help="per-stage latency, runtime vs PyTorch reference, as JSON + SVG (export extra)")
-    b.add_argument("--model-dir", required=True)
-    b.add_argument("--artifacts", required=True)
-    b.add_argument("--seconds", type=float, default=3.0, help="length of the synthetic question")
-    b.add_argument("--tokens", type=int, default=40, help="new tokens per turn (forced, identical on both)")
-    b.add_argument("--repeats", type=int, default=3)
-    b.add_argument("--svg", help="also draw the breakdown here")
-    b.set_defaults(run=_bench)
+    k = sub.add_parser("check", help="verify every checksum and run each graph once on tiny inputs")
+    k.add_argument("artifacts")
+    add_backend_options(k)
+    k.set_defaults(run=_check)
 
-    d = sub.add_parser("demo", help="answer one spoken question with the PyTorch reference (export extra)")
-    d.add_argument("--model-dir", required=True, help="release directory (e.g. from make-tiny)")
-    d.add_argument("--input", help="question wav (default: a synthetic 3 s utterance)")
-    d.add_argument("--output", default="reply.wav", help="where to write the 24 kHz answer")
-    d.add_argument("--mode", choices=("speech", "text"), default="speech")
-    d.add_argument("--max-new-tokens", type=int, default=60)
-    d.add_argument("--seed", type=int, default=0)
-    d.set_defaults(run=_demo)
+
+def build_parser() -> Parser:
+    p = Parser(prog="covo-edge", description="Covo-Audio-Chat on one local GPU or a CPU.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    register(sub)
+    for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        try:
+            ep.load()(sub)
+        except Exception as e:  # a broken side must not take the runtime's commands down with it
+            print(f"covo-edge: the {ep.name} commands are unavailable ({e})", file=sys.stderr)
     return p
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"covo-edge {command}: {message}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        return args.run(args) or 0
+    except CovoEdgeError as e:
+        return _fail(args.command, str(e))
+    except OSError as e:  # reading or writing a file: permission, disk full, a directory in the way
+        return _fail(args.command, f"{e.filename}: {os_reason(e)}" if e.filename else os_reason(e))
     except ModuleNotFoundError as e:
-        if e.name in ("torch", "transformers", "safetensors", "onnx"):
-            print(f"covo-edge {args.command}: needs the export extra ({e.name} is missing): "
-                  "pip install 'covo-edge[export]'", file=sys.stderr)
-            return 2
-        raise
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
-        print(f"covo-edge {args.command}: {e}", file=sys.stderr)
-        return 2
-    return 0
+        extra = getattr(args, "extra", None)
+        if extra is None:
+            raise
+        return _fail(args.command, f"needs the {extra} extra ({e.name} is missing): pip install 'covo-edge[{extra}]'")
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

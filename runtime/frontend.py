@@ -16,6 +16,8 @@ import numpy as np
 import soundfile
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .errors import AudioError, os_reason
+
 SAMPLE_RATE = 24000  # model rate: input audio and output speech
 FRAME = 240  # 100 Hz frames at 24 kHz
 PAD_MULTIPLE = 480
@@ -28,10 +30,6 @@ MEL_SAMPLES = 30 * MEL_RATE  # 480000
 MEL_FRAMES = MEL_SAMPLES // HOP  # 3000
 MAX_CHANNELS = 8
 BLOCKS_PER_MATMUL = 1 << 16  # bounds the resampler's window copy to a few tens of MB on long inputs
-
-
-class AudioError(ValueError):
-    """Audio that cannot be used; the message names the problem (and the file, when there is one)."""
 
 
 def sinc_resample_kernel(
@@ -172,16 +170,25 @@ def mel_segments(wav24k: np.ndarray) -> np.ndarray:
 
 
 def load_audio(path: str | PathLike) -> tuple[np.ndarray, int]:
-    """Decode an audio file to ([channels, samples] float32 in [-1, 1], sample rate)."""
+    """Decode and check an audio file: ([channels, samples] float32 in [-1, 1], sample rate), or AudioError
+    naming the file and what is wrong (unreadable, empty, silent, NaN, too short)."""
     path = Path(path)
     if not path.is_file():  # libsndfile would only say "System error."
         raise AudioError(f"cannot read audio {path}: {'it is a directory' if path.is_dir() else 'no such file'}")
     try:
+        open(path, "rb").close()  # permission and I/O errors in the OS's words
         data, sample_rate = soundfile.read(path, dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, OSError, TypeError) as e:
+    except OSError as e:
+        raise AudioError(f"cannot read audio {path}: {os_reason(e)}") from None
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
         reason = getattr(e, "error_string", None) or str(e) or type(e).__name__
         raise AudioError(f"cannot read audio {path}: {reason.strip()}") from None
-    return np.ascontiguousarray(data.T), int(sample_rate)
+    wav = np.ascontiguousarray(data.T)
+    try:
+        check_audio(wav, int(sample_rate))
+    except AudioError as e:
+        raise AudioError(f"{path}: {e}") from None
+    return wav, int(sample_rate)
 
 
 def check_audio(wav: np.ndarray, sample_rate: int) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Audio codes -> 24 kHz speech: code features, the midpoint ODE with classifier-free guidance (numpy
-loop over the vector-field graph), de-normalisation, vocoder. Numerics as upstream (ARCHITECTURE.md)."""
+loop over the vector-field graph), de-normalisation, vocoder. Numerics as upstream
+(DESIGN.md, "Numerics the runtime reproduces")."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from .backends import Backend
-from .manifest import ArtifactsError, Manifest
+from .errors import ArtifactsError, CodesError, InputError
+from .manifest import Manifest
 
 VOICE_FILES = ("prompt_token.npy", "prompt_latent.npy", "speaker_embed.npy")
 
@@ -43,14 +45,42 @@ class Voice:
         )
 
 
+def check_codes(codes: np.ndarray, num_codes: int, where: str = "codes") -> np.ndarray:
+    """Audio codes as int64 [N], or CodesError naming what is wrong (and the first offending value)."""
+    codes = np.asarray(codes)
+    if codes.dtype.kind not in "iu":
+        raise CodesError(f"{where} must be integers, got {codes.dtype} (save them as int64)")
+    if codes.ndim != 1:
+        raise CodesError(f"{where} must be 1-D [N], got shape {codes.shape}")
+    if codes.size == 0:
+        raise CodesError(f"{where} holds no codes: there is nothing to speak")
+    bad = np.flatnonzero((codes < 0) | (codes >= num_codes))
+    if bad.size:
+        raise CodesError(f"{where}: code {codes[bad[0]]} at index {bad[0]} is outside 0..{num_codes - 1}"
+                         f"{f' ({bad.size} codes in all)' if bad.size > 1 else ''}")
+    return codes.astype(np.int64, copy=False)
+
+
 def manifest_voice(artifacts: Path, manifest: Manifest, name: str | None = None) -> Voice:
-    """A voice shipped in the artifacts, by name (default: the first one exported)."""
+    """A voice shipped in the artifacts, by name (default: the first one exported), checked against the graphs."""
     if not manifest.voices:
         raise ArtifactsError(f"{artifacts} ships no voice; re-export with --voice")
     name = name or next(iter(manifest.voices))
     if name not in manifest.voices:
         raise ArtifactsError(f"unknown voice {name!r}; available: {', '.join(manifest.voices)}")
-    return Voice.load(Path(artifacts) / manifest.voices[name], name)
+    voice = Voice.load(Path(artifacts) / manifest.voices[name], name)
+    speaker = manifest.graphs["token2latent_field"].inputs[4].shape[1]
+    if voice.prompt_latent.shape[1] != manifest.token2wav.z_dim or voice.speaker_embed.size != speaker:
+        raise ArtifactsError(
+            f"voice {name!r} has latents of width {voice.prompt_latent.shape[1]} and a speaker embedding of "
+            f"{voice.speaker_embed.size}, the graphs take {manifest.token2wav.z_dim} and {speaker}: it belongs to "
+            "another model; re-export with this model's voice"
+        )
+    try:
+        check_codes(voice.prompt_token, manifest.num_audio_codes, f"voice {name!r} prompt_token.npy")
+    except CodesError as e:
+        raise ArtifactsError(str(e)) from None
+    return voice
 
 
 def torch_linspace(steps: int) -> np.ndarray:
@@ -62,15 +92,18 @@ def torch_linspace(steps: int) -> np.ndarray:
 
 
 class Token2Wav:
+    """Vocodes audio codes in a voice: `vocode(latents(codes, voice, noise))`."""
+
     def __init__(self, backend: Backend, manifest: Manifest):
         self.backend = backend
         cfg = manifest.token2wav
-        self.steps = int(cfg["s_steps"])
-        self.cfg_alpha = np.float32(cfg["cfg_alpha"])
-        self.factor = int(cfg["upsample_factor"])
-        self.z = int(cfg["z_dim"])
-        self.mean = np.asarray(cfg["latent_mean"], np.float32)
-        self.std = np.sqrt(np.asarray(cfg["latent_var"], np.float32))
+        self.num_codes = manifest.num_audio_codes
+        self.steps = cfg.s_steps
+        self.cfg_alpha = np.float32(cfg.cfg_alpha)
+        self.factor = cfg.upsample_factor
+        self.z = cfg.z_dim
+        self.mean = np.asarray(cfg.latent_mean, np.float32)
+        self.std = np.sqrt(np.asarray(cfg.latent_var, np.float32))
         self.dtype = np.float16 if manifest.dtype == "float16" else np.float32
 
     def noise_shape(self, num_codes: int, voice: Voice) -> tuple[int, int, int]:
@@ -78,10 +111,13 @@ class Token2Wav:
 
     def latents(self, codes: np.ndarray, voice: Voice, noise: np.ndarray) -> np.ndarray:
         """Codes [N] -> de-normalised latents of the reply [1, T, z] (the voice prompt's prefix dropped)."""
+        codes = check_codes(codes, self.num_codes)
         shape = self.noise_shape(len(codes), voice)
-        if noise.shape != shape:
-            raise ValueError(f"noise has shape {noise.shape}, expected {shape} for {len(codes)} codes")
-        tokens = np.concatenate([voice.prompt_token, np.asarray(codes, np.int64)])[None]
+        noise = np.asarray(noise)
+        if noise.shape != shape or noise.dtype.kind != "f" or not np.isfinite(noise).all():
+            raise InputError(f"noise must be finite floats of shape {shape} for {len(codes)} codes in voice "
+                             f"{voice.name!r}, got {noise.dtype} {noise.shape}")
+        tokens = np.concatenate([voice.prompt_token, codes])[None]
         feats = self.backend.run("token2latent_codes", {"codes": tokens}, host=["token_features"])["token_features"]
         frames, prefix = feats.shape[1], len(voice.prompt_latent)
         cond = np.zeros((1, frames, self.z), self.dtype)

@@ -1,44 +1,99 @@
-"""The console script: make-tiny and demo end to end, and a runtime that never loads torch."""
+"""The console script: one `covo-edge` offering every side's commands, a runtime that stands alone
+(imports neither torch nor the export, engines or calibration side), and the demo end to end."""
 
+import ast
 import subprocess
 import sys
 
 import pytest
 import soundfile as sf
 
+from conftest import REPO
 
-def run(*args, check=True):
-    return subprocess.run([sys.executable, "-m", "covo_edge.runtime.cli", *args], capture_output=True, text=True, check=check)
+BLOCK_TORCH = (
+    "import sys\n"
+    "class Block:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'torch' or name.startswith('torch.'): raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+    "sys.meta_path.insert(0, Block())\n"
+)
+
+
+def run(*args, check=True, prelude=""):
+    code = prelude + "import sys\nfrom covo_edge.runtime.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=check)
+
+
+def imported_modules(path, package: str) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import statement in a file of `package`."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            found.append((node.lineno, ".".join(base + ([node.module] if node.module else []))))
+    return found
+
+
+def test_the_runtime_imports_nothing_of_the_other_sides():
+    """Every import statement under runtime/, relative ones resolved: no torch, no export/engines/calibration."""
+    forbidden = ("torch", "covo_edge.export", "covo_edge.engines", "covo_edge.calibration")
+    found = []
+    for path in sorted((REPO / "runtime").rglob("*.py")):
+        package = ".".join(["covo_edge", *path.relative_to(REPO).parent.parts])
+        found += [f"{path.relative_to(REPO)}:{line} imports {name}" for line, name in imported_modules(path, package)
+                  if any(name == f or name.startswith(f + ".") for f in forbidden)]
+    assert not found, "\n".join(found)
+    assert ("covo_edge.runtime.manifest" in
+            [n for _, n in imported_modules(REPO / "runtime" / "backends" / "onnxruntime.py", "covo_edge.runtime.backends")])
 
 
 def test_runtime_imports_without_torch():
     code = (
-        "import sys, importlib, pkgutil\n"
+        BLOCK_TORCH + "import importlib, pkgutil\n"
         "import covo_edge.runtime as rt\n"
         "for m in pkgutil.walk_packages(rt.__path__, rt.__name__ + '.'): importlib.import_module(m.name)\n"
         "from covo_edge.runtime.cli import build_parser; build_parser()\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'torch' not in sys.modules\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('covo_edge.export'))\n"
+        "assert loaded == ['covo_edge.export', 'covo_edge.export.commands'], loaded  # registering is light\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_make_tiny_then_demo(tmp_path):
+def test_one_command_offers_every_sides_subcommands():
+    from covo_edge.runtime.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == {"chat", "token2wav", "check", "make-tiny", "export", "demo", "bench"}
+
+
+def test_an_export_command_without_the_export_extra_says_so(tmp_path):
+    out = run("make-tiny", tmp_path / "t", check=False, prelude=BLOCK_TORCH)
+    assert out.returncode == 2 and not (tmp_path / "t").exists()
+    assert out.stderr.strip() == ("covo-edge make-tiny: needs the export extra (torch is missing): "
+                                  "pip install 'covo-edge[export]'")
+
+
+def test_make_tiny_reruns_with_force_and_the_demo_fits_a_screen(tmp_path):
     pytest.importorskip("torch")
-    out = run("make-tiny", str(tmp_path / "tiny"), "--seed", "1")
-    assert "wrote a random-weight tiny release" in out.stdout
+    run("make-tiny", tmp_path / "tiny", "--seed", "1")
+    again = run("make-tiny", tmp_path / "tiny", "--seed", "1", "--force")
+    assert "wrote a random-weight tiny release" in again.stdout
     wav_path = tmp_path / "reply.wav"
-    demo = run("demo", "--model-dir", str(tmp_path / "tiny"), "--output", str(wav_path))
-    assert "timings_ms" in demo.stdout and "audio codes" in demo.stdout
-    info = sf.info(str(wav_path))
-    assert info.samplerate == 24000 and info.frames % 240 == 0
+    demo = run("demo", "--model-dir", tmp_path / "tiny", "--output", wav_path, "--max-new-tokens", "300", check=False)
+    lines = demo.stdout.strip().splitlines()
+    assert len(lines) <= 6 and all(len(line) <= 240 for line in lines), demo.stdout
+    assert lines[2].startswith("text: ") and "characters)" in lines[2]  # 300 random ids: cut, length said
+    if demo.returncode == 0:
+        info = sf.info(str(wav_path))
+        assert info.samplerate == 24000 and info.frames % 240 == 0
+    else:  # a random reply without audio codes is reported, not written as an empty wav
+        assert demo.returncode == 1 and "no audio codes" in demo.stderr and not wav_path.exists()
 
 
-def test_cli_errors_are_one_line(tmp_path):
+def test_demo_errors_are_one_line(tmp_path):
     pytest.importorskip("torch")
-    bad = run("demo", "--model-dir", str(tmp_path / "missing"), check=False)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert "not a directory" in bad.stderr
-    (tmp_path / "full").mkdir()
-    (tmp_path / "full" / "x").write_text("x")
-    again = run("make-tiny", str(tmp_path / "full"), check=False)
-    assert again.returncode == 2 and "not empty" in again.stderr
+    bad = run("demo", "--model-dir", tmp_path / "missing", check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a directory" in bad.stderr

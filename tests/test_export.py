@@ -7,8 +7,8 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
 from covo_edge.export import audio  # noqa: E402
-from covo_edge.export.demo import synthetic_utterance  # noqa: E402
 from covo_edge.runtime.manifest import Manifest  # noqa: E402
+from covo_edge.runtime.synthetic import synthetic_utterance  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_manifest_describes_every_graph(art, manifest, sessions):
         assert [i.name for i in s.get_inputs()] == [t.name for t in g.inputs]
         assert [o.name for o in s.get_outputs()] == [t.name for t in g.outputs]
         assert all((art / f).is_file() for f in g.external_data)
-    assert manifest.tokenizer["ids"]["<|cAUDIO|>"] == 151666 and manifest.tokenizer["len"] == 151671
+    assert manifest.tokenizer.ids["<|cAUDIO|>"] == 151666 and manifest.tokenizer.audio_code_offset == 151671
     assert manifest.voices and all((art / d / "prompt_token.npy").is_file() for d in manifest.voices.values())
     bb = manifest.graphs["backbone"]
     assert bb.inputs[0].shape == ["batch", "sequence", 64] and bb.outputs[0].shape == ["batch", 168055]
@@ -74,7 +74,7 @@ def _backbone_feeds(manifest, embeds, mask, positions, past):
 
 def _empty_past(manifest, batch):
     llm = manifest.llm
-    return [np.zeros((batch, llm["num_kv_heads"], 0, llm["head_dim"]), np.float32) for _ in range(2 * llm["num_layers"])]
+    return [np.zeros((batch, llm.num_kv_heads, 0, llm.head_dim), np.float32) for _ in range(2 * llm.num_layers)]
 
 
 def test_backbone_prefill_then_decode_equals_one_full_forward(tiny_chat, manifest, sessions):
@@ -82,7 +82,7 @@ def test_backbone_prefill_then_decode_equals_one_full_forward(tiny_chat, manifes
     equal the reference's logits at that position of one forward over the whole sequence."""
     n, k = 9, 5
     rng = np.random.default_rng(0)
-    embeds = rng.standard_normal((1, n + k, manifest.llm["hidden_size"])).astype(np.float32)
+    embeds = rng.standard_normal((1, n + k, manifest.llm.hidden_size)).astype(np.float32)
     with torch.no_grad():
         ref = tiny_chat.model(torch.from_numpy(embeds), tiny_chat.model.new_cache(), last_only=False)[0].numpy()
     s = sessions["backbone"]
@@ -100,7 +100,7 @@ def test_backbone_prefill_then_decode_equals_one_full_forward(tiny_chat, manifes
 def test_backbone_batch_of_two_with_left_padding(manifest, sessions):
     """Batch 2: a left-padded short sequence gives the logits it gives alone."""
     rng = np.random.default_rng(1)
-    h = manifest.llm["hidden_size"]
+    h = manifest.llm.hidden_size
     a = rng.standard_normal((1, 6, h)).astype(np.float32)
     b = rng.standard_normal((1, 4, h)).astype(np.float32)
     s = sessions["backbone"]
@@ -167,9 +167,9 @@ def test_failed_export_leaves_nothing(tiny_dir, tmp_path):
 
 def _feeds(manifest, rng):
     """Real-shaped inputs for every graph (fp32; cast for fp16 graphs)."""
-    llm, h = manifest.llm, manifest.llm["hidden_size"]
-    past = [rng.standard_normal((1, llm["num_kv_heads"], 6, llm["head_dim"])).astype(np.float32)
-            for _ in range(2 * llm["num_layers"])]
+    llm, h = manifest.llm, manifest.llm.hidden_size
+    past = [rng.standard_normal((1, llm.num_kv_heads, 6, llm.head_dim)).astype(np.float32)
+            for _ in range(2 * llm.num_layers)]
     bb_names = [t.name for t in manifest.graphs["backbone"].inputs]
     mel = audio.mel_segments(audio.to_model_rate(torch.from_numpy(synthetic_utterance(4.0)), 16000)).numpy()
     return {
@@ -212,4 +212,26 @@ def test_manifest_profiles_are_self_consistent(manifest):
     for p in manifest.graphs["backbone"].profiles:
         for k in range(3):
             assert p["past_sequence"][k] + p["sequence"][k] == p["total_sequence"][k]
-    assert max(p["total_sequence"][2] for p in manifest.graphs["backbone"].profiles) == manifest.llm["max_context"]
+    assert max(p["total_sequence"][2] for p in manifest.graphs["backbone"].profiles) == manifest.llm.max_context
+
+
+def test_export_is_byte_identical_and_force_replaces_an_earlier_export(tiny_dir, tiny_art, tmp_path):
+    """Exporting the same release again, elsewhere, over an earlier export (--force) gives the very same
+    bytes, file for file; the graphs carry no path of this machine, so a checksum identifies the model."""
+    import shutil
+    import sys
+
+    from conftest import REPO
+    from covo_edge.export.exporter import export_release
+
+    out = tmp_path / "again"
+    shutil.copytree(tiny_art, out)
+    (out / "left_from_before.txt").write_text("x")
+    export_release(tiny_dir, out, max_context=1024, force=True, quiet=True)
+    ours = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert ours == sorted(p.relative_to(tiny_art) for p in tiny_art.rglob("*") if p.is_file())
+    for f in ours:
+        assert (out / f).read_bytes() == (tiny_art / f).read_bytes(), f
+    for f in out.glob("*.onnx"):
+        data = f.read_bytes()
+        assert str(REPO).encode() not in data and sys.prefix.encode() not in data and b"stack_trace" not in data, f

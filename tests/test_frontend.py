@@ -1,55 +1,140 @@
-"""Frontend numerics against independent computations and hand-checked values."""
+"""The numpy frontend (runtime) against the PyTorch reference (export) and its own error handling."""
 
-import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from covo_edge.runtime import frontend
+from covo_edge.runtime.errors import AudioError
 
-from covo_edge.export import audio  # noqa: E402
-
-
-def direct_resample(x: np.ndarray, orig: int, new: int, zeros: int = 6, rolloff: float = 0.99) -> np.ndarray:
-    """The band-limited interpolation torchaudio's kernel implements, evaluated sample by sample in float64:
-    y[j] = sum_i x[i] * (b/o) * sinc(pi*b*(i/o - j/n)) * cos^2(pi*t/(2*zeros)), t clamped to +-zeros."""
-    g = math.gcd(orig, new)
-    o, n = orig // g, new // g
-    b = min(o, n) * rolloff
-    out = np.zeros(math.ceil(n * len(x) / o))
-    i = np.arange(len(x))
-    for j in range(len(out)):
-        t = np.clip((i / o - j / n) * b, -zeros, zeros)
-        w = np.cos(t * np.pi / zeros / 2) ** 2
-        s = np.where(t == 0, 1.0, np.sin(np.pi * t) / np.where(t == 0, 1.0, np.pi * t))
-        out[j] = np.sum(x * s * w) * b / o
-    return out
+BF16_ULP_AT_1 = 2.0**-7  # spacing of bfloat16 values in [1, 2)
 
 
-@pytest.mark.parametrize("orig,new", [(16000, 24000), (44100, 24000), (24000, 16000), (8000, 24000)])
-def test_resampler_matches_direct_sinc_interpolation(orig, new):
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(2000).astype(np.float32)
-    ours = audio.resample(torch.from_numpy(x), orig, new).numpy()
-    ref = direct_resample(x.astype(np.float64), orig, new)
-    assert ours.shape == ref.shape
-    np.testing.assert_allclose(ours, ref, atol=2e-5 * np.abs(ref).max())
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch")
 
 
-def test_resampler_keeps_a_low_tone_and_both_kernel_variants_agree():
-    t = np.arange(24000) / 24000
-    x = torch.from_numpy(np.sin(2 * np.pi * 440 * t).astype(np.float32))
-    y = audio.resample(x, 24000, 16000, float32_grid=False).numpy()
-    expect = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)
-    np.testing.assert_allclose(y[200:-200], expect[200:-200], atol=2e-3)
-    y32 = audio.resample(x, 24000, 16000, float32_grid=True).numpy()
-    assert np.abs(y - y32).max() < 1e-5
+@pytest.fixture(scope="module")
+def audio(torch):
+    from covo_edge.export import audio
+
+    return audio
+
+
+def signals(length: int, rate: int) -> dict[str, np.ndarray]:
+    """Noise in [-1, 1] and a loud 440 Hz sine, float32."""
+    rng = np.random.default_rng(length)
+    t = np.arange(length) / rate
+    return {
+        "noise": rng.uniform(-1, 1, length).astype(np.float32),
+        "sine": (0.9 * np.sin(2 * np.pi * 440 * t)).astype(np.float32),
+    }
+
+
+def speech_like(seconds: float, rate: int, voiced: float) -> np.ndarray:
+    """A 150 Hz buzz with harmonics, syllable-rate amplitude modulation and breath noise, then silence."""
+    rng = np.random.default_rng(3)
+    t = np.arange(int(seconds * rate)) / rate
+    buzz = sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 12))
+    envelope = np.sin(2 * np.pi * 2.5 * t) ** 2
+    x = 0.2 * buzz * envelope + 0.01 * rng.standard_normal(t.shape)
+    return (x * (t < voiced)).astype(np.float32)
+
+
+RATES = [(16000, 24000, True), (44100, 24000, True), (48000, 24000, True), (22050, 24000, True),
+         (8000, 24000, True), (24000, 16000, True), (24000, 16000, False)]
+
+
+@pytest.mark.parametrize("orig,new,grid", RATES)
+@pytest.mark.parametrize("length", [1, 7, 4801])
+def test_resample_matches_torch(audio, torch, orig, new, grid, length):
+    for name, x in signals(length, orig).items():
+        ref = audio.resample(torch.from_numpy(x), orig, new, float32_grid=grid).numpy()
+        ours = frontend.resample(x, orig, new, float32_grid=grid)
+        assert ours.dtype == np.float32 and ours.shape == ref.shape, name
+        assert np.abs(ours - ref).max(initial=0) <= 1e-6, name
+
+
+@pytest.mark.parametrize("orig,new,grid", RATES)
+def test_resample_kernel_matches_torch(audio, orig, new, grid):
+    ref, ref_width = audio.sinc_resample_kernel(orig, new, float32_grid=grid)
+    ours, width = frontend.sinc_resample_kernel(orig, new, float32_grid=grid)
+    assert width == ref_width and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, ref[:, 0].numpy(), rtol=0, atol=1.2e-7)  # float32 sin/cos: <= 1 ulp
+
+
+def test_resample_keeps_leading_axes(audio, torch):
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 1000)).astype(np.float32)
+    ref = audio.resample(torch.from_numpy(x), 44100, 24000).numpy()
+    ours = frontend.resample(x, 44100, 24000)
+    assert ours.shape == ref.shape == (2, 3, 545)
+    assert np.abs(ours - ref).max() <= 1e-6
+
+
+@pytest.mark.parametrize(
+    "shape,rate", [((24000 + 250,), 24000), ((2, 48000 + 37), 48000), ((44100,), 44100), ((1, 8000), 8000),
+                   ((3, 22050 // 2), 22050)]
+)
+def test_to_model_rate_matches_torch(audio, torch, shape, rate):
+    x = np.random.default_rng(1).uniform(-1, 1, shape).astype(np.float32)
+    ref = audio.to_model_rate(torch.from_numpy(x), rate).numpy()
+    ours = frontend.to_model_rate(x, rate)
+    assert ours.dtype == np.float32 and ours.shape == ref.shape and ours.shape[0] % frontend.PAD_MULTIPLE == 0
+    assert np.abs(ours - ref).max() <= 1e-6
+
+
+def assert_mel_parity(ours: np.ndarray, ref: np.ndarray) -> None:
+    """At most one bfloat16 ulp apart anywhere, and bit-identical almost everywhere."""
+    assert ours.dtype == np.float32 and ours.shape == ref.shape
+    diff = np.abs(ours - ref)
+    differing = int((diff > 0).sum())
+    report = f"max diff {diff.max()}, {differing} of {diff.size} elements differ"
+    assert np.all(diff <= BF16_ULP_AT_1 * np.maximum(1.0, np.abs(ref))), report
+    assert differing <= 0.001 * diff.size, report
+
+
+@pytest.mark.parametrize("name", ["noise", "sine", "speech", "short"])
+def test_log_mel_matches_torch(audio, torch, name):
+    x = {
+        "noise": signals(frontend.MEL_SAMPLES, frontend.MEL_RATE)["noise"] * 0.1,
+        "sine": signals(frontend.MEL_SAMPLES, frontend.MEL_RATE)["sine"],
+        "speech": speech_like(30, frontend.MEL_RATE, voiced=11.3),
+        "short": speech_like(1.7, frontend.MEL_RATE, voiced=1.7),
+    }[name]
+    assert_mel_parity(frontend.log_mel(x), audio.log_mel(torch.from_numpy(x)).numpy())
+
+
+def test_mel_segments_match_torch_on_35_seconds(audio, torch):
+    wav = frontend.to_model_rate(speech_like(35, 48000, voiced=33), 48000)
+    ours = frontend.mel_segments(wav)
+    assert ours.shape == (2, frontend.N_MELS, frontend.MEL_FRAMES)
+    assert_mel_parity(ours, audio.mel_segments(torch.from_numpy(wav)).numpy())
+
+
+def test_round_bf16_matches_torch(torch):
+    rng = np.random.default_rng(4)
+    bits = rng.integers(0, 2**32, 100000, dtype=np.uint64).astype(np.uint32)  # every exponent, subnormals
+    ties = (rng.integers(0, 2**16, 2000, dtype=np.uint64).astype(np.uint32) << 16) | 0x8000
+    x = np.concatenate([bits, ties]).view(np.float32)
+    x = np.concatenate([x[~np.isnan(x)], rng.standard_normal(10000).astype(np.float32),
+                        np.array([0, -0.0, np.inf, -np.inf, 3.4028235e38, -3.4028235e38, 1e-45, 1.0], np.float32)])
+    ref = torch.from_numpy(x).to(torch.bfloat16).float().numpy()
+    assert np.array_equal(frontend.round_bf16(x).view(np.uint32), ref.view(np.uint32))
+
+
+def test_round_bf16_ties_to_even():
+    x = np.array([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), np.nan], np.float32)  # halfway cases
+    y = frontend.round_bf16(x)
+    assert y[:3].tolist() == [1.0, 1 + 2**-6, -1.0] and np.isnan(y[3])
 
 
 def test_mel_filters_equal_librosa_slaney():
     """Known values of librosa.filters.mel(sr=16000, n_fft=400, n_mels=128) (librosa 0.11),
     the matrix Whisper ships as mel_filters.npz."""
-    m = audio.mel_filters()
+    m = frontend.mel_filters()
     assert m.shape == (128, 201) and m.dtype == np.float32
     np.testing.assert_allclose(m[0, :4], [0.0, 0.012373987, 0.0, 0.0], atol=1e-9)
     assert m[64].nonzero()[0].tolist() == [42, 43]
@@ -65,57 +150,90 @@ def test_mel_filters_equal_librosa_slaney():
 
 
 def test_log_mel_of_silence_is_the_floor():
-    mel = audio.log_mel(torch.zeros(16000))
-    assert mel.shape == (128, 3000)
-    assert torch.all(mel == (math.log10(1e-10) + 4) / 4)  # -1.5
+    assert np.all(frontend.log_mel(np.zeros(16000, np.float32)) == -1.5)  # (log10(1e-10) + 4) / 4
 
 
-def test_log_mel_of_a_bin_centred_tone_matches_its_dft():
-    """A 1 kHz cosine (bin 25 of a 400-point frame at 16 kHz) through a periodic Hann window has
-    |X[25]| = 100A and |X[24]| = |X[26]| = 50A and nothing else, in every frame away from the edges."""
-    a = 0.5
-    t = np.arange(audio.MEL_SAMPLES) / audio.MEL_RATE
-    mel = audio.log_mel(torch.from_numpy((a * np.cos(2 * np.pi * 1000 * t)).astype(np.float32))).numpy()
-    w = audio.mel_filters().astype(np.float64)
-    power = (100 * a) ** 2 * w[:, 25] + (50 * a) ** 2 * (w[:, 24] + w[:, 26])
-    logm = np.log10(np.maximum(power, 1e-10))
-    expect = (np.maximum(logm, logm.max() - 8) + 4) / 4
-    np.testing.assert_allclose(mel[:, 10:-10], np.repeat(expect[:, None], 2980, 1), atol=0.02)  # bf16 rounding
-    peak = int(np.argmax(expect))
-    assert mel[peak, 1500] == mel[:, 1500].max()
+@pytest.mark.parametrize("seconds,tokens", [(3.0, 19), (35.0, 219), (30.0, 188), (1.0, 7), (0.01, 1)])
+def test_num_audio_tokens(seconds, tokens):
+    assert frontend.num_audio_tokens(int(seconds * frontend.SAMPLE_RATE)) == tokens
 
 
-def test_mel_is_rounded_to_bfloat16():
-    rng = np.random.default_rng(1)
-    mel = audio.log_mel(torch.from_numpy(rng.standard_normal(16000).astype(np.float32)))
-    assert torch.equal(mel, mel.to(torch.bfloat16).float())
+def test_segments_split_at_30_seconds():
+    parts = frontend.segments(np.zeros(35 * frontend.SAMPLE_RATE, np.float32))
+    assert [len(p) for p in parts] == [frontend.SEGMENT, 5 * frontend.SAMPLE_RATE]
+
+
+def test_prepare_returns_wav_tokens_and_mels():
+    wav24k, tokens, mels = frontend.prepare(speech_like(3, 16000, voiced=3), 16000)
+    assert wav24k.shape == (72000,) and tokens == 19 and mels.shape == (1, 128, 3000)
 
 
 @pytest.mark.parametrize(
-    "seconds,tokens", [(3.0, 19), (1.0, 7), (30.0, 188), (35.0, 219), (0.01, 1)]
+    "wav,rate,message",
+    [
+        (np.zeros(0), 16000, "empty"),
+        (np.zeros((2, 0)), 16000, "empty"),
+        (np.ones((1, 2, 100)), 16000, "[samples] or [channels, samples]"),
+        (np.float32(1.0), 16000, "[samples] or [channels, samples]"),
+        (np.ones((16000, 2)), 16000, "pass [channels, samples]"),
+        (np.r_[np.ones(999), np.nan], 16000, "NaN"),
+        (np.r_[np.ones(999), np.inf], 16000, "infinite"),
+        (np.ones(1000), 0, "sample rate"),
+        (np.ones(1000), -16000, "sample rate"),
+        (np.ones(1000), 16000.0, "sample rate"),
+        (np.ones(159), 16000, "too short"),
+        (np.ones((2, 478)), 48000, "too short"),  # 479 would resample to 240 samples
+        (np.zeros(16000), 16000, "silent (all samples are zero)"),
+        ([["a", "b"]], 16000, "real numbers"),
+    ],
 )
-def test_audio_token_count(seconds, tokens):
-    assert audio.num_audio_tokens(int(seconds * 24000)) == tokens
+def test_check_audio_rejects_bad_input(wav, rate, message):
+    with pytest.raises(AudioError) as e:
+        frontend.check_audio(wav, rate)
+    assert message in str(e.value)
 
 
-def test_framing_and_mono():
-    stereo = torch.ones(2, 48000 + 37) * torch.tensor([[1.0], [-1.0]])
-    wav = audio.to_model_rate(stereo, 48000)
-    assert torch.allclose(wav, torch.zeros_like(wav))  # channels averaged before resampling
-    assert wav.shape[0] % 480 == 0
-    # 24 kHz input: truncated to whole 240-sample frames, then zero-padded to 480
-    x = torch.ones(24000 + 250)
-    y = audio.to_model_rate(x, 24000)
-    assert y.shape[0] == 24480 and torch.all(y[:24240] == 1) and torch.all(y[24240:] == 0)
+def test_check_audio_scales_integer_pcm():
+    pcm = np.array([-32768, 0, 16384, 32767], np.int16)
+    np.testing.assert_array_equal(frontend.check_audio(np.tile(pcm, 100), 16000)[:4], [-1.0, 0.0, 0.5, 32767 / 32768])
+    assert frontend.check_audio(np.full(400, 2**30, np.int32), 16000).max() == 0.5
 
 
-def test_segments_are_resampled_each_on_their_own():
-    """35 s -> two mel windows; the second comes from resampling only the last 5 s."""
-    rng = np.random.default_rng(2)
-    wav = torch.from_numpy(rng.standard_normal(35 * 24000).astype(np.float32)) * 0.1
-    mels = audio.mel_segments(wav)
-    assert mels.shape == (2, 128, 3000)
-    tail = audio.log_mel(audio.resample(wav[720000:], 24000, 16000, float32_grid=False))
-    assert torch.equal(mels[1], tail)
-    whole = audio.resample(wav, 24000, 16000, float32_grid=False)
-    assert not torch.equal(mels[1], audio.log_mel(whole[480000:]))
+def test_check_audio_accepts_one_frame_and_returns_float32():
+    assert frontend.check_audio(np.ones(160), 16000).dtype == np.float32  # exactly 10 ms
+    assert frontend.check_audio(np.ones((2, 441), np.float64), 44100).shape == (2, 441)
+
+
+def test_load_audio_reads_channels_first(tmp_path):
+    import soundfile
+
+    stereo = np.stack([np.linspace(-0.5, 0.5, 800), np.full(800, 0.25)], axis=1)
+    soundfile.write(tmp_path / "a.wav", stereo, 8000, subtype="FLOAT")
+    wav, rate = frontend.load_audio(tmp_path / "a.wav")
+    assert rate == 8000 and wav.dtype == np.float32 and wav.shape == (2, 800)
+    np.testing.assert_allclose(wav, stereo.T, atol=1e-7)
+
+
+def test_load_audio_errors_name_the_file(tmp_path):
+    missing = tmp_path / "missing.wav"
+    with pytest.raises(AudioError, match="missing.wav") as e:
+        frontend.load_audio(missing)
+    assert "\n" not in str(e.value) and "no such file" in str(e.value)
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio at all\n" * 10)
+    with pytest.raises(AudioError, match="notes.wav") as e:
+        frontend.load_audio(text)
+    assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
+    with pytest.raises(AudioError, match="directory"):
+        frontend.load_audio(tmp_path)
+    import soundfile
+
+    soundfile.write(tmp_path / "quiet.wav", np.zeros(800, np.float32), 8000)
+    with pytest.raises(AudioError, match=r"quiet\.wav: audio is silent"):  # decoded files are checked too
+        frontend.load_audio(tmp_path / "quiet.wav")
+
+
+def test_frontend_imports_no_torch():
+    code = "import sys, covo_edge.runtime.frontend; print(sorted({'torch', 'scipy'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,6 +1,7 @@
 """The PyTorch reference on the tiny release: loading, the whole spoken turn, multi-turn, text mode."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -10,11 +11,12 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import load_file  # noqa: E402
 
 from covo_edge.export import audio  # noqa: E402
-from covo_edge.export.demo import synthetic_utterance  # noqa: E402
-from covo_edge.export.pipeline import ReferenceChat, prompt_text  # noqa: E402
+from covo_edge.export.pipeline import ReferenceChat  # noqa: E402
 from covo_edge.export.release import Release, load_covo, load_token2wav, token2wav_state  # noqa: E402
 from covo_edge.export.tiny import TEXT_VOCAB  # noqa: E402
 from covo_edge.export.vocoder import fold_weight_norm  # noqa: E402
+from covo_edge.runtime.prompt import turn_text  # noqa: E402
+from covo_edge.runtime.synthetic import synthetic_utterance  # noqa: E402
 
 
 def test_tiny_release_round_trips(tiny_dir):
@@ -56,7 +58,7 @@ def test_token2wav_checkpoint_variants(tiny_dir, wrap):
     assert torch.equal(state["wavegan.conv_pre.weight"], fold_weight_norm(raw["wavegan.conv_pre.weight_g"], raw["wavegan.conv_pre.weight_v"]))
 
 
-def _check_turn(turn, chat, seconds):
+def _check_turn(turn, chat, seconds, wall):
     n_slots = audio.num_audio_tokens(int(seconds * 24000))
     assert int((turn.input_ids == chat.audio_slot).sum()) == n_slots
     assert np.all(turn.text_ids < TEXT_VOCAB)
@@ -66,15 +68,18 @@ def _check_turn(turn, chat, seconds):
     frames = 4 * (len(voice.prompt_token) + len(turn.codes)) - len(voice.prompt_latent)
     assert turn.wav.dtype == np.float32 and turn.wav.shape == (240 * max(frames, 0),)
     assert np.isfinite(turn.wav).all() and np.abs(turn.wav).max() <= 1.0
-    for stage in ("frontend", "encoder", "adapter", "prefill", "decode", "token2wav", "vocoder"):
-        assert turn.timings[stage] >= 0
+    stages = ("frontend", "encoder", "adapter", "prefill", "decode", "token2wav", "vocoder")
+    assert all(turn.timings[s] > 0 for s in stages)
+    assert sum(turn.timings[s] for s in stages) <= wall  # stages are disjoint parts of the turn
 
 
 @pytest.mark.parametrize("seconds", [3.0, 35.0])
 def test_spoken_turn_end_to_end(tiny_chat, seconds):
     tiny_chat.reset()
-    turn = tiny_chat.reply(synthetic_utterance(seconds, 16000), 16000, max_new_tokens=40)
-    _check_turn(turn, tiny_chat, seconds)
+    wav = synthetic_utterance(seconds, 16000)
+    t0 = time.perf_counter()
+    turn = tiny_chat.reply(wav, 16000, max_new_tokens=40)
+    _check_turn(turn, tiny_chat, seconds, time.perf_counter() - t0)
     assert len(turn.codes) > 0 and len(turn.text_ids) > 0  # this seed emits both kinds
     decoded = tiny_chat.tokenizer.decode(turn.input_ids.tolist(), skip_special_tokens=False)
     assert decoded.startswith("<|im_start|>system\n") and decoded.endswith("<|im_start|>assistant\n")
@@ -85,7 +90,7 @@ def test_two_segments_keep_the_first_n_frames(tiny_chat):
     wav = synthetic_utterance(35.0, 24000)
     mel, feats, n_slots, _ = tiny_chat.encode_audio(wav, 24000)
     assert mel.shape == (2, 128, 3000) and feats.shape[0] == 376 and n_slots == 219
-    ids = torch.tensor([tiny_chat.tokenizer.encode(prompt_text("<|cAUDIO|>" * n_slots, True, tiny_chat.system_prompt)).ids])
+    ids = torch.tensor([tiny_chat.tokenizer.encode(turn_text(n_slots, True, tiny_chat.system_prompt)).ids])
     embeds = tiny_chat.model.embed(ids, tiny_chat.audio_slot, feats)
     slots = (ids[0] == tiny_chat.audio_slot).nonzero()[:, 0]
     assert torch.equal(embeds[0, slots], feats[:219])
@@ -99,7 +104,7 @@ def test_kv_cache_decode_equals_one_full_forward(tiny_chat):
 
     tiny_chat.reset()
     _, feats, n_slots, _ = tiny_chat.encode_audio(synthetic_utterance(2.0), 16000)
-    ids = torch.tensor([tiny_chat.tokenizer.encode(prompt_text("<|cAUDIO|>" * n_slots, True, tiny_chat.system_prompt)).ids])
+    ids = torch.tensor([tiny_chat.tokenizer.encode(turn_text(n_slots, True, tiny_chat.system_prompt)).ids])
     embeds = tiny_chat.model.embed(ids, tiny_chat.audio_slot, feats)
     forced = [11, 151671 + 5, 300, 151671 + 16000, 42, 7]
     gen = generate(tiny_chat.model, embeds, ids, tiny_chat.model.new_cache(), -1, FIRST_TURN, 10,

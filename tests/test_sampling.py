@@ -1,59 +1,82 @@
-"""Upstream decoding rules, checked against direct numpy computations."""
+"""The runtime's numpy sampler against hand-computed values and a direct float64 computation (no torch:
+these run on a runtime-only install)."""
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-
-from covo_edge.export.generate import penalize, pick, process_logits  # noqa: E402
-from covo_edge.runtime.sampling import LATER_TURNS, Sampling  # noqa: E402
+from covo_edge.runtime.sampling import FIRST_TURN, LATER_TURNS, Sampling, penalize, pick, process_logits
 
 
 def test_penalty_divides_positive_and_multiplies_negative_once_per_id():
-    logits = torch.tensor([2.0, -2.0, 1.0, 0.5])
-    out = penalize(logits, torch.tensor([0, 1, 1, 0]), 2.0)
-    assert out.tolist() == [1.0, -4.0, 1.0, 0.5]
+    scores = np.array([2.0, -2.0, 1.0, 0.5], np.float32)
+    penalize(scores, np.array([0, 1, 1, 0]), 2.0)
+    assert scores.tolist() == [1.0, -4.0, 1.0, 0.5]
 
 
 def test_penalties_stack_inside_the_window():
-    """An id in the last 8 positions is penalised twice (1.05^2); an older one once."""
-    logits = torch.tensor([1.0, 1.0, -1.0, 1.0])
-    seq = torch.tensor([0, 2] + [3] * 8)
-    out = process_logits(logits, seq, Sampling())
-    np.testing.assert_allclose(out.numpy(), [1 / 1.05, 1.0, -1.05, 1 / 1.05**2], rtol=1e-6)
+    """An id in the last 8 positions is penalised twice (1.05^2); an older one once; others not at all."""
+    out = process_logits(np.array([1.0, 1.0, -1.0, 1.0], np.float32), np.array([0, 2] + [3] * 8), FIRST_TURN)
+    np.testing.assert_allclose(out, [1 / 1.05, 1.0, -1.05, 1 / 1.05**2], rtol=1e-6)
 
 
-def test_top_k_top_p_temperature_match_numpy():
-    rng = np.random.default_rng(0)
-    logits = rng.standard_normal(1000).astype(np.float32) * 3
-    seq = np.array([5, 17, 17, 999])
-    s = Sampling(greedy=False, temperature=0.5, top_k=50, top_p=0.9, repetition_penalty=1.05, window_penalty=1.05)
-    ours = process_logits(torch.from_numpy(logits), torch.from_numpy(seq), s).numpy()
+def test_process_logits_leaves_its_input_alone():
+    logits = np.array([3.0, 1.0, -2.0], np.float32)
+    process_logits(logits, np.array([0, 2]), LATER_TURNS)
+    assert logits.tolist() == [3.0, 1.0, -2.0]
 
+
+def test_upstream_defaults():
+    assert FIRST_TURN.greedy and (FIRST_TURN.repetition_penalty, FIRST_TURN.window_penalty, FIRST_TURN.window) == (1.05, 1.05, 8)
+    assert not LATER_TURNS.greedy and (LATER_TURNS.temperature, LATER_TURNS.top_k, LATER_TURNS.top_p) == (0.5, 50, 0.9)
+
+
+def direct(logits: np.ndarray, seq: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
+    """The rules written out in float64: penalties, temperature, top-k, then the smallest set of top ids
+    whose probability reaches top_p."""
     x = logits.astype(np.float64).copy()
-    for penalty_ids in (np.unique(seq), np.unique(seq[-8:])):
-        x[penalty_ids] = np.where(x[penalty_ids] < 0, x[penalty_ids] * 1.05, x[penalty_ids] / 1.05)
-    x = x / 0.5
-    kth = np.sort(x)[-50]
-    x[x < kth] = -np.inf
-    order = np.argsort(x)
-    p = np.exp(x[order] - x[order][-1])
+    for ids in (np.unique(seq), np.unique(seq[-8:])):
+        x[ids] = np.where(x[ids] < 0, x[ids] * 1.05, x[ids] / 1.05)
+    x /= temperature
+    x[x < np.sort(x)[-top_k]] = -np.inf
+    order = np.argsort(-x)
+    p = np.exp(x[order] - x[order[0]])
     p /= p.sum()
-    drop = np.cumsum(p) <= 0.1
-    drop[-1] = False
-    x[order[drop]] = -np.inf
-    assert np.array_equal(np.isinf(ours), np.isinf(x))
-    keep = ~np.isinf(x)
-    np.testing.assert_allclose(ours[keep], x[keep], rtol=1e-5)
+    keep = np.searchsorted(np.cumsum(p), top_p) + 1  # ids up to and including the one that crosses top_p
+    x[order[keep:]] = -np.inf
+    return x
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_temperature_top_k_top_p_match_the_direct_computation(seed):
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal(3000) * 3).astype(np.float32)
+    seq = rng.integers(0, 3000, 30)
+    ours = process_logits(logits, seq, LATER_TURNS)
+    ref = direct(logits, seq, 0.5, 50, 0.9)
+    assert np.array_equal(np.isinf(ours), np.isinf(ref))
+    keep = ~np.isinf(ref)
+    np.testing.assert_allclose(ours[keep], ref[keep], rtol=1e-5)
     assert 1 <= keep.sum() <= 50
 
 
-def test_greedy_takes_the_argmax_and_sampling_is_seeded():
-    scores = torch.tensor([0.1, 3.0, 2.9, -1.0])
-    assert pick(scores, Sampling(), None) == 1
-    draws = [pick(scores, LATER_TURNS, torch.Generator().manual_seed(7)) for _ in range(3)]
-    assert len(set(draws)) == 1
-    many = [pick(scores, LATER_TURNS, g) for g in [torch.Generator().manual_seed(0)] for _ in range(400)]
-    freq = np.bincount(many, minlength=4) / 400
-    expect = torch.softmax(scores, 0).numpy()
-    assert abs(freq[1] - expect[1]) < 0.1 and freq[3] < 0.05
+def test_greedy_takes_the_argmax():
+    assert pick(np.array([0.1, 3.0, 2.9, -1.0], np.float32), FIRST_TURN, np.random.default_rng(0)) == 1
+
+
+def test_draws_follow_the_softmax_and_a_seed_replays_them():
+    scores = np.array([0.1, 3.0, 2.9, -1.0, -np.inf], np.float32)
+    draws = [pick(scores, LATER_TURNS, rng) for rng in [np.random.default_rng(0)] for _ in range(2000)]
+    freq = np.bincount(draws, minlength=5) / len(draws)
+    expect = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+    np.testing.assert_allclose(freq, expect, atol=0.035)  # 3 sigma of a 2000-draw frequency
+    assert freq[4] == 0  # a masked id is never drawn
+    replay = np.random.default_rng(0)
+    assert [pick(scores, LATER_TURNS, replay) for _ in range(2000)] == draws
+    other = np.random.default_rng(1)
+    assert [pick(scores, LATER_TURNS, other) for _ in range(2000)] != draws
+
+
+def test_but_overrides_only_what_is_given():
+    s = LATER_TURNS.but(greedy=True, temperature=None)
+    assert s.greedy and s.temperature == 0.5 and s.top_k == 50
+    assert Sampling.from_dict({"greedy": False, "top_k": 5, "unknown": 1}) == Sampling(greedy=False, top_k=5)

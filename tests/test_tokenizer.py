@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from covo_edge.export.tokenizer import DEFAULT_SYSTEM_PROMPT, SPECIAL_TOKENS, VOCAB_SIZE_TEXT, write_tokenizer
+from covo_edge.export.tokenizer import SPECIAL_TOKENS, VOCAB_SIZE_TEXT, write_tokenizer
+from covo_edge.runtime.prompt import SYSTEM_PROMPT
 
 FILES = (
     "tokenizer.json",
@@ -24,7 +25,7 @@ FILES = (
 
 AUDIO_PROMPT = (
     "<|im_start|>system\n"
-    + DEFAULT_SYSTEM_PROMPT
+    + SYSTEM_PROMPT
     + "<|im_end|>\n<|im_start|>user\n<|begofcAUDIO|>"
     + "<|cAUDIO|>" * 7
     + "<|endofcAUDIO|><|im_end|>\n<|im_start|>assistant\n"
@@ -137,7 +138,7 @@ def test_chat_template_defaults_to_covo_prompt(out_dir: Path) -> None:
         [{"role": "user", "content": "你好"}], tokenize=False, add_generation_prompt=True
     )
     assert rendered == (
-        "<|im_start|>system\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\n"
+        "<|im_start|>system\n" + SYSTEM_PROMPT + "<|im_end|>\n"
         "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n"
     )
     explicit = hf.apply_chat_template(

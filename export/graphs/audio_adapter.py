@@ -10,5 +10,4 @@ from . import BATCH, GraphExport
 
 def graph(model: CovoAudio) -> GraphExport:
     hidden = torch.randn(2, 1500, model.config.encoder.d_model)
-    return GraphExport("audio_adapter", model.audio_adapter, (hidden,), ["hidden"], ["features"], ({0: BATCH},),
-                       [{"batch": (1, 1, 4)}])
+    return GraphExport("audio_adapter", model.audio_adapter, (hidden,), ({0: BATCH},), [{"batch": (1, 1, 4)}])

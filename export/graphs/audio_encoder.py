@@ -20,5 +20,4 @@ class AudioEncoder(nn.Module):
 
 def graph(model: CovoAudio) -> GraphExport:
     mel = torch.randn(2, model.config.encoder.num_mel_bins, 3000)
-    return GraphExport("audio_encoder", AudioEncoder(model), (mel,), ["mel"], ["hidden"], ({0: BATCH},),
-                       [{"batch": (1, 1, 4)}])
+    return GraphExport("audio_encoder", AudioEncoder(model), (mel,), ({0: BATCH},), [{"batch": (1, 1, 4)}])

@@ -13,6 +13,8 @@ from torch import nn
 from torch.export import Dim
 from transformers import Qwen2ForCausalLM
 
+from covo_edge.runtime.manifest import GRAPH_IO, kv_names
+
 from ..model import CovoAudio
 from . import BATCH, MAX_PREFILL, GraphExport
 
@@ -32,14 +34,14 @@ class Backbone(nn.Module):
     """(inputs_embeds [B,S,H], attention_mask [B,P+S], position_ids [B,S], past k/v [B,kv,P,d] per layer)
     -> (logits of the last position [B,V], present k/v [B,kv,P+S,d] per layer)."""
 
-    def __init__(self, llm: Qwen2ForCausalLM):
+    def __init__(self, llm: Qwen2ForCausalLM, head_dim: int):
         super().__init__()
         cfg = llm.config
         self.model = llm.model
         self.lm_head = llm.lm_head
         self.heads = cfg.num_attention_heads
         self.kv_heads = cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.head_dim = head_dim
         self.eps = cfg.rms_norm_eps
         theta = cfg.rope_parameters["rope_theta"]
         inv_freq = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
@@ -89,7 +91,7 @@ class Backbone(nn.Module):
 def graph(model: CovoAudio, max_context: int) -> GraphExport:
     """Traced with batch 2, 3 new tokens and 4 past: tracing one new token would bake in the decode path."""
     cfg = model.config.llm
-    backbone = Backbone(model.llm)
+    backbone = Backbone(model.llm, model.config.head_dim)
     b, s, p = 2, 3, 4
     past = tuple(torch.randn(b, backbone.kv_heads, p, backbone.head_dim) for _ in range(2 * cfg.num_hidden_layers))
     args = (
@@ -98,9 +100,9 @@ def graph(model: CovoAudio, max_context: int) -> GraphExport:
         torch.arange(p, p + s)[None].expand(b, s).contiguous(),
         past,
     )
-    kv = [f"{i}.{part}" for i in range(cfg.num_hidden_layers) for part in ("key", "value")]
-    names_in = ["inputs_embeds", "attention_mask", "position_ids", *[f"past_key_values.{k}" for k in kv]]
-    names_out = ["logits", *[f"present.{k}" for k in kv]]
+    inputs, outputs = GRAPH_IO["backbone"]
+    names_in = [*inputs, *kv_names("past_key_values", cfg.num_hidden_layers)]
+    names_out = [*outputs, *kv_names("present", cfg.num_hidden_layers)]
     seq, past_len = Dim("sequence"), Dim("past_sequence")
     dynamic = (
         {0: BATCH, 1: seq},
@@ -116,4 +118,4 @@ def graph(model: CovoAudio, max_context: int) -> GraphExport:
                "total_sequence": (1, min(256, p), c)}
     decode = {"batch": (1, 1, 2), "sequence": (1, 1, 1), "past_sequence": (0, c // 2 - 1, c - 1),
               "total_sequence": (1, c // 2, c)}
-    return GraphExport("backbone", backbone, args, names_in, names_out, dynamic, [prefill, decode])
+    return GraphExport("backbone", backbone, args, dynamic, [prefill, decode], names_in, names_out)

@@ -17,5 +17,5 @@ from . import BATCH, MAX_PREFILL, GraphExport
 def graph(model: CovoAudio) -> GraphExport:
     ids = torch.randint(0, model.config.llm.vocab_size, (2, 3))
     table = model.llm.get_input_embeddings()
-    return GraphExport("embed_tokens", table, (ids,), ["input_ids"], ["inputs_embeds"], ({0: BATCH, 1: Dim("sequence")},),
+    return GraphExport("embed_tokens", table, (ids,), ({0: BATCH, 1: Dim("sequence")},),
                        [{"batch": (1, 1, 2), "sequence": (1, 1, MAX_PREFILL)}])

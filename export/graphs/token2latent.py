@@ -9,14 +9,14 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from ..token2wav import Token2Wav
+from ..token2wav import ReferenceToken2Wav
 from . import BATCH, MAX_FRAMES, GraphExport
 
 
 class CodeFeatures(nn.Module):
     """codes [B, N] -> upsampled token features [B, 4N, H]."""
 
-    def __init__(self, t2w: Token2Wav):
+    def __init__(self, t2w: ReferenceToken2Wav):
         super().__init__()
         self.t2l = t2w.token2latent
 
@@ -27,7 +27,7 @@ class CodeFeatures(nn.Module):
 class VectorField(nn.Module):
     """(x_t [B,T,z], t [B], token features [B,T,H], latent condition [B,T,z], speaker [B,S]) -> v [B,T,z]."""
 
-    def __init__(self, t2w: Token2Wav):
+    def __init__(self, t2w: ReferenceToken2Wav):
         super().__init__()
         self.t2l = t2w.token2latent
 
@@ -35,13 +35,12 @@ class VectorField(nn.Module):
         return self.t2l.velocity(x, t, tokens, latent_cond, speaker)
 
 
-def graphs(t2w: Token2Wav) -> list[GraphExport]:
+def graphs(t2w: ReferenceToken2Wav) -> list[GraphExport]:
     cfg = t2w.config.dit
     codes = torch.randint(0, cfg.token_vocab_size, (2, 5))
     frames = Dim("frames")
     embed = GraphExport(
-        "token2latent_codes", CodeFeatures(t2w), (codes,), ["codes"], ["token_features"],
-        ({0: BATCH, 1: Dim("codes")},),
+        "token2latent_codes", CodeFeatures(t2w), (codes,), ({0: BATCH, 1: Dim("codes")},),
         [{"batch": (1, 1, 1), "codes": (1, 300, MAX_FRAMES // cfg.upsample_factor)}],
     )
     t = 20
@@ -51,7 +50,6 @@ def graphs(t2w: Token2Wav) -> list[GraphExport]:
     )
     field = GraphExport(
         "token2latent_field", VectorField(t2w), args,
-        ["x", "t", "token_features", "latent_cond", "speaker"], ["velocity"],
         ({0: BATCH, 1: frames}, {0: BATCH}, {0: BATCH, 1: frames}, {0: BATCH, 1: frames}, {0: BATCH}),
         [{"batch": (1, 2, 2), "frames": (4, 1200, MAX_FRAMES)}],  # batch 2 = the CFG pair
     )

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch.export import Dim
 
-from ..token2wav import Token2Wav
+from ..token2wav import ReferenceToken2Wav
 from . import BATCH, MAX_FRAMES, GraphExport
 
 
-def graph(t2w: Token2Wav) -> GraphExport:
+def graph(t2w: ReferenceToken2Wav) -> GraphExport:
     latents = torch.randn(2, t2w.config.vocoder.latent_dim, 12)
-    return GraphExport("vocoder", t2w.wavegan, (latents,), ["latents"], ["wav"], ({0: BATCH, 2: Dim("frames")},),
+    return GraphExport("vocoder", t2w.wavegan, (latents,), ({0: BATCH, 2: Dim("frames")},),
                        [{"batch": (1, 1, 1), "frames": (1, 100, MAX_FRAMES)}])

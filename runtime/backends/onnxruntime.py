@@ -11,15 +11,21 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from ..manifest import ArtifactsError, Manifest
+from ..errors import ArtifactsError
+from ..manifest import Manifest, TensorSpec
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+              "tensor(int32)": "int32", "tensor(bool)": "bool"}
+
+
+def _specs(args: list[ort.NodeArg]) -> list[TensorSpec]:
+    return [TensorSpec(a.name, ORT_DTYPES.get(a.type, a.type), [d if isinstance(d, int) else str(d) for d in a.shape])
+            for a in args]
 
 
 class OnnxRuntimeBackend:
     def __init__(self, artifacts: Path, manifest: Manifest, device: str = "cpu"):
-        if device not in PROVIDERS:
-            raise ValueError(f"device must be one of {', '.join(PROVIDERS)}, got {device!r}")
         if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise ArtifactsError("device='cuda' needs onnxruntime-gpu (pip install onnxruntime-gpu) and a CUDA GPU")
         self.artifacts = Path(artifacts)
@@ -29,18 +35,17 @@ class OnnxRuntimeBackend:
 
     def session(self, graph: str) -> ort.InferenceSession:
         if graph not in self.sessions:
-            spec = self.manifest.graphs.get(graph)
-            if spec is None:
-                raise ArtifactsError(f"artifacts have no {graph} graph; re-run `covo-edge export`")
+            spec = self.manifest.graphs[graph]
             path = self.artifacts / spec.file
-            if not path.is_file():
-                raise ArtifactsError(f"missing {path}: the artifacts directory is incomplete; re-run `covo-edge export`")
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             try:
-                self.sessions[graph] = ort.InferenceSession(str(path), options, providers=PROVIDERS[self.device])
+                session = ort.InferenceSession(str(path), options, providers=PROVIDERS[self.device])
             except Exception as e:  # ORT raises its own exception types for unreadable models
-                raise ArtifactsError(f"cannot load {path}: {str(e).splitlines()[0]}") from None
+                raise ArtifactsError(f"cannot load {path}: {str(e).splitlines()[0]}; restore the file or re-run "
+                                     "`covo-edge export`") from None
+            spec.check_io(path, _specs(session.get_inputs()), _specs(session.get_outputs()))
+            self.sessions[graph] = session
         return self.sessions[graph]
 
     def prepare(self, graphs: Iterable[str]) -> None:

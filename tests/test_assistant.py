@@ -1,4 +1,4 @@
-"""The torch-free runtime (ONNX Runtime, CPU) against the PyTorch reference on the tiny release."""
+"""The Assistant (torch-free runtime, ONNX Runtime CPU) against the PyTorch reference on the tiny release."""
 
 import subprocess
 import sys
@@ -8,9 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from covo_edge.export.demo import synthetic_utterance  # noqa: E402
-from covo_edge.runtime.assistant import Assistant, ContextFullError  # noqa: E402
-from covo_edge.runtime.sampling import Sampling, pick, process_logits  # noqa: E402
+from covo_edge.runtime import Assistant, ContextFullError, Debug, Token2Wav  # noqa: E402
+from covo_edge.runtime.synthetic import synthetic_utterance  # noqa: E402
 from covo_edge.runtime.token2wav import torch_linspace  # noqa: E402
 
 TEACHER_STEPS = 48
@@ -35,7 +34,10 @@ def reference(tiny_dir):
     return ReferenceChat(tiny_dir)
 
 
-def _teacher_tokens(n: int, stop: int) -> list[int]:
+STOP = 151645  # <|im_end|>, the speech mode's stop id
+
+
+def _teacher_tokens(n: int, stop: int = STOP) -> list[int]:
     """A plausible interleaved reply that never stops early: text ids and audio codes, no stop id."""
     rng = np.random.default_rng(11)
     ids = [int(x) for x in rng.integers(0, 151643, n)]
@@ -51,10 +53,10 @@ def test_two_turns_match_the_reference(assistant, reference, seconds):
     wavs = [synthetic_utterance(seconds, 16000, seed=1), synthetic_utterance(2.0, 44100, seed=2)]
     for turn, wav in enumerate(wavs):
         sr = 16000 if turn == 0 else 44100
-        forced = _teacher_tokens(TEACHER_STEPS, assistant.stop_id)
+        forced = _teacher_tokens(TEACHER_STEPS)
         ref = reference.reply(wav, sr, force_tokens=forced, keep_logits=True)
         dump = {}
-        ours = assistant.reply(wav, sr, force_tokens=np.array(forced), dump=dump)
+        ours = assistant.reply(wav, sr, debug=Debug(force_tokens=np.array(forced), dump=dump, step_logits="all"))
         assert np.array_equal(dump["input_ids"], ref.input_ids)
         close(dump["inputs_embeds"], ref.inputs_embeds)
         close(dump["prefill_logits"], ref.step_logits[0])
@@ -62,7 +64,7 @@ def test_two_turns_match_the_reference(assistant, reference, seconds):
         for a, b in zip(dump["step_logits"], ref.step_logits):
             close(a, b, rel=2e-4)
         assert np.array_equal(ours.tokens, ref.tokens)
-        assert assistant.length == reference.cache.get_seq_length()
+        assert assistant.context_length == reference.cache.get_seq_length()
 
 
 def test_free_running_greedy_tokens_equal_the_reference(assistant, reference):
@@ -79,10 +81,11 @@ def test_free_running_greedy_tokens_equal_the_reference(assistant, reference):
 
 def test_speech_matches_the_reference_given_the_same_noise(assistant, reference):
     codes = np.array([5, 77, 16383, 0, 1234, 9000, 42], np.int64)
-    shape = assistant.token2wav.noise_shape(len(codes), assistant.voice)
+    t2w = Token2Wav(assistant.backend, assistant.manifest)
+    shape = t2w.noise_shape(len(codes), assistant.voice)
     noise = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
-    latents = assistant.token2wav.latents(codes, assistant.voice, noise)
-    wav = assistant.token2wav.vocode(latents)
+    latents = t2w.latents(codes, assistant.voice, noise)
+    wav = t2w.vocode(latents)
     ref_wav, ref_latents = reference.token2wav(torch.from_numpy(codes), reference.voice, torch.from_numpy(noise))
     close(latents, ref_latents.numpy(), rel=2e-4)
     close(wav, ref_wav.numpy(), rel=2e-4)
@@ -94,32 +97,17 @@ def test_ode_times_equal_torch_linspace():
         assert np.array_equal(torch_linspace(steps), torch.linspace(0, 1, steps).numpy())
 
 
-def test_sampler_matches_the_reference_rules():
-    from covo_edge.export.generate import process_logits as ref_process
-
-    rng = np.random.default_rng(0)
-    logits = (rng.standard_normal(5000) * 3).astype(np.float32)
-    seq = rng.integers(0, 5000, 40)
-    for s in (Sampling(), Sampling(greedy=False, temperature=0.5, top_k=50, top_p=0.9)):
-        ours = process_logits(logits, seq, s)
-        ref = ref_process(torch.from_numpy(logits), torch.from_numpy(seq), s).numpy()
-        assert np.array_equal(np.isinf(ours), np.isinf(ref))
-        np.testing.assert_allclose(ours[~np.isinf(ours)], ref[~np.isinf(ref)], rtol=1e-6)
-
-
-def test_sampling_with_a_seed_is_reproducible(assistant):
-    s = Sampling(greedy=False, temperature=0.5, top_k=50, top_p=0.9)
-    scores = process_logits(np.random.default_rng(1).standard_normal(1000).astype(np.float32), np.array([1, 2]), s)
-    a = [pick(scores, s, np.random.default_rng(7)) for _ in range(3)]
-    assert len(set(a)) == 1 and not np.isinf(scores[a[0]])
-    assistant.reset()
+def test_a_seeded_second_turn_replays_and_another_seed_differs(assistant):
+    """Turn 2 samples (temperature 0.5): the same history and seed give the same tokens and speech."""
     wav = synthetic_utterance(1.0)
-    assistant.reply(wav, 16000, max_new_tokens=5)
-    r1 = assistant.reply(wav, 16000, max_new_tokens=10, seed=5)
-    assistant.reset()
-    assistant.reply(wav, 16000, max_new_tokens=5)
-    r2 = assistant.reply(wav, 16000, max_new_tokens=10, seed=5)
-    assert np.array_equal(r1.tokens, r2.tokens) and np.array_equal(r1.audio, r2.audio)
+    replies = []
+    for seed in (5, 5, 6):
+        assistant.reset()
+        assistant.reply(wav, 16000, max_new_tokens=5)
+        replies.append(assistant.reply(wav, 16000, max_new_tokens=30, seed=seed))
+    first, again, other = replies
+    assert np.array_equal(first.tokens, again.tokens) and np.array_equal(first.audio, again.audio)
+    assert not np.array_equal(first.tokens, other.tokens)
 
 
 def test_stream_yields_text_deltas_then_the_audio(assistant):
@@ -134,12 +122,12 @@ def test_stream_yields_text_deltas_then_the_audio(assistant):
 def test_text_mode_and_context_full(tiny_art):
     a = Assistant.load(tiny_art, mode="text")
     r = a.reply(synthetic_utterance(1.0), 16000, max_new_tokens=6)
-    assert r.audio is None and a.token2wav is None
+    assert r.audio is None and set(a.backend.sessions) == {"audio_encoder", "audio_adapter", "embed_tokens", "backbone"}
     wav = synthetic_utterance(10.0)
     with pytest.raises(ContextFullError, match="reset"):
         for _ in range(40):  # ~90 tokens a turn against a 1024-token context
             a.reply(wav, 16000, max_new_tokens=6)
-    assert a.length <= a.max_context
+    assert a.context_length <= a.max_context
     a.reset()
     assert a.reply(wav, 16000, max_new_tokens=2).tokens.size == 2
 
@@ -150,6 +138,8 @@ def test_runtime_never_imports_torch(tiny_art, tmp_path):
 
     wav = tmp_path / "q.wav"
     sf.write(wav, synthetic_utterance(2.0), 16000)
+    forced = tmp_path / "forced.npy"
+    np.save(forced, np.array(_teacher_tokens(12)))
     code = (
         "import sys\n"
         "class Block:\n"
@@ -158,74 +148,20 @@ def test_runtime_never_imports_torch(tiny_art, tmp_path):
         "sys.meta_path.insert(0, Block())\n"
         "from covo_edge.runtime.cli import main\n"
         f"rc = main(['chat', {str(tiny_art)!r}, '--input', {str(wav)!r}, '--output-dir', {str(tmp_path / 'out')!r},"
-        f" '--max-new-tokens', '12', '--dump', {str(tmp_path / 'd.npz')!r}])\n"
+        f" '--force-tokens', {str(forced)!r}, '--dump', {str(tmp_path / 'd.npz')!r}, '--dump-logits', '5'])\n"
         "assert rc == 0 and 'torch' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
-    assert (tmp_path / "out" / "turn_0.wav").is_file()
-    names = set(np.load(tmp_path / "d.npz").files)
+    assert (tmp_path / "out" / "turn_0.wav").is_file() and (tmp_path / "out" / "turn_0.txt").is_file()
+    dump = np.load(tmp_path / "d.npz")
     for n in ("wav_24k", "mel", "encoder_out", "adapter_out", "input_ids", "inputs_embeds", "prefill_logits",
-              "tokens", "step_logits", "audio_codes", "latents", "wav"):
-        assert f"t0_{n}" in names
-
-
-@pytest.mark.parametrize(
-    "case,expect",
-    [
-        ("missing", "cannot read audio"),
-        ("not_audio", "cannot read audio"),
-        ("empty", "empty"),
-        ("silent", "silent"),
-        ("nan", "NaN"),
-        ("one_sample", "too short"),
-        ("stereo48k", None),
-        ("long40s", None),
-    ],
-)
-def test_cli_bad_input_gets_one_clear_line(tiny_art, tmp_path, case, expect):
-    import soundfile as sf
-
-    path = tmp_path / f"{case}.wav"
-    if case == "not_audio":
-        path.write_text("hello")
-    elif case == "empty":
-        sf.write(path, np.zeros(0, np.float32), 16000)
-    elif case == "silent":
-        sf.write(path, np.zeros(16000, np.float32), 16000)
-    elif case == "nan":
-        sf.write(path, np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
-    elif case == "one_sample":
-        sf.write(path, np.full(1, 0.1, np.float32), 16000)
-    elif case == "stereo48k":
-        sf.write(path, np.stack([synthetic_utterance(1.0, 48000), synthetic_utterance(1.0, 48000, seed=3)], 1), 48000)
-    elif case == "long40s":
-        sf.write(path, synthetic_utterance(40.0, 16000), 16000)
-    out = tmp_path / "out"
-    run = subprocess.run(
-        [sys.executable, "-m", "covo_edge.runtime.cli", "chat", str(tiny_art), "--input", str(path),
-         "--output-dir", str(out), "--max-new-tokens", "4"],
-        capture_output=True, text=True,
-    )
-    assert "Traceback" not in run.stderr
-    if expect is None:  # documented behaviour: stereo is averaged, > 30 s runs as several encoder windows
-        assert run.returncode == 0, run.stderr
-        assert (out / "turn_0.wav").is_file()
-    else:
-        assert run.returncode == 2 and expect in run.stderr, run.stderr
-        assert len(run.stderr.strip().splitlines()) == 1
-        assert not out.exists()  # nothing half-written
-
-
-def test_bench_prints_both_sides_and_draws_them(tiny_dir, tiny_art, tmp_path):
-    """A measurement command, not a timed assertion: it reports every stage for both sides."""
-    from covo_edge.export.bench import STAGES, bench
-
-    svg = tmp_path / "b.svg"
-    result = bench(str(tiny_dir), str(tiny_art), seconds=1.0, tokens=8, repeats=1, svg=str(svg))
-    for side in ("runtime", "reference"):
-        assert set(STAGES) <= set(result[side]) and all(result[side][s] > 0 for s in STAGES)
-    text = svg.read_text()
-    assert text.startswith("<svg") and text.count("<rect") == 2 * len(STAGES) + len(STAGES)
+              "tokens", "audio_codes", "latents", "wav", "step_top_ids", "step_top_logits"):
+        assert f"t0_{n}" in dump.files
+    assert "t0_step_logits" not in dump.files  # the full rows only with --dump-logits all
+    assert dump["t0_step_top_ids"].shape == dump["t0_step_top_logits"].shape == (12, 5)
+    top = dump["t0_step_top_logits"]
+    assert np.all(np.diff(top, axis=1) <= 0)  # best first
+    assert dump["t0_step_top_ids"][0, 0] == np.argmax(dump["t0_prefill_logits"])  # step 0 decides on the prefill
 
 
 def test_fp16_artifacts_answer_end_to_end(tiny_art16, assistant):
@@ -233,10 +169,56 @@ def test_fp16_artifacts_answer_end_to_end(tiny_art16, assistant):
     a16 = Assistant.load(tiny_art16)
     assistant.reset()
     wav = synthetic_utterance(2.0)
-    forced = np.array(_teacher_tokens(12, assistant.stop_id))
+    forced = np.array(_teacher_tokens(12))
     d16, d32 = {}, {}
-    r16 = a16.reply(wav, 16000, force_tokens=forced, dump=d16, seed=0)
-    assistant.reply(wav, 16000, force_tokens=forced, dump=d32, seed=0)
+    r16 = a16.reply(wav, 16000, seed=0, debug=Debug(force_tokens=forced, dump=d16, step_logits="all"))
+    assistant.reply(wav, 16000, seed=0, debug=Debug(force_tokens=forced, dump=d32, step_logits="all"))
     assert r16.audio.dtype == np.float32 and np.isfinite(r16.audio).all()
     assert r16.audio.shape == (240 * (4 * len(r16.audio_codes) - 3),)
     close(d16["step_logits"], d32["step_logits"], rel=5e-2)
+
+
+def test_the_turn_is_timed_stage_by_stage(assistant):
+    import time
+
+    assistant.reset()
+    t0 = time.perf_counter()
+    reply = assistant.reply(synthetic_utterance(2.0), 16000, debug=Debug(force_tokens=np.array(_teacher_tokens(20))))
+    wall = time.perf_counter() - t0
+    stages = ("frontend", "encoder", "adapter", "prefill", "decode", "token2wav", "vocoder")
+    assert all(reply.timings[s] > 0 for s in stages)
+    assert sum(reply.timings[s] for s in stages) <= wall  # disjoint parts of one turn
+    assert reply.timings["decode_per_token"] == pytest.approx(reply.timings["decode"] / 19)
+
+
+def test_finish_reasons_and_a_reply_without_codes(assistant):
+    assistant.reset()
+    wav = synthetic_utterance(1.0)
+    stop = assistant.reply(wav, 16000, debug=Debug(force_tokens=np.array([11, 151671 + 3, STOP, 12])))
+    assert stop.finish_reason == "stop" and stop.tokens.tolist() == [11, 151674, STOP] and stop.audio_codes.tolist() == [3]
+    assistant.reset()
+    text_only = assistant.reply(wav, 16000, debug=Debug(force_tokens=np.array([11, 12, 13])))
+    assert text_only.finish_reason == "length" and text_only.audio is None and text_only.audio_codes.size == 0
+
+
+def test_bad_arguments_raise_typed_errors_before_any_work(assistant):
+    from covo_edge.runtime import AudioError, InputError, OptionError
+
+    wav = synthetic_utterance(1.0)
+    assistant.reset()
+    cases = [
+        (dict(max_new_tokens=0), OptionError, "max_new_tokens must be an integer of at least 1, got 0"),
+        (dict(max_new_tokens=2.5), OptionError, "max_new_tokens must be an integer"),
+        (dict(seed=-1), OptionError, "seed must be an integer of at least 0, got -1"),
+        (dict(debug=Debug(force_tokens=np.array([1.5]))), InputError, "integer ids"),
+        (dict(debug=Debug(force_tokens=np.array([3, 168055]))), InputError, "id 168055 at index 1 is outside"),
+    ]
+    for kwargs, error, message in cases:
+        with pytest.raises(error, match=message):
+            assistant.stream(wav, 16000, **kwargs)
+    with pytest.raises(AudioError, match="silent"):
+        assistant.reply(np.zeros(16000, np.float32), 16000)
+    with pytest.raises(OptionError, match="mode must be one of speech, text"):
+        Assistant.load(assistant.artifacts, mode="song")
+    assert assistant.context_length == 0 and assistant.turns == 0  # nothing ran
+
