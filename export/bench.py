@@ -1,84 +1,159 @@
-"""`covo-edge bench`: per-stage latency of one spoken turn, the runtime and the PyTorch reference side by
-side in one run (same input, same forced tokens), printed as JSON and drawn as an SVG bar chart."""
+"""`covo-edge bench`: one spoken turn measured on the runtime and the PyTorch reference in one run, each in
+a process of its own (peak memory per side, no torch in the runtime's), printed as JSON and drawn as a
+chart; plus a paper projection of the full-size model on named GPUs.
+
+The turn is driven by forcing the real model's interleave (5 text ids, then 15 audio codes, repeated): a
+random model rarely emits audio codes on its own.
+"""
 
 from __future__ import annotations
 
 import json
-import statistics
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from covo_edge.runtime.assistant import Assistant, Debug
-from covo_edge.runtime.files import check_output_file, write_atomic
+from covo_edge.runtime.errors import CovoEdgeError
+from covo_edge.runtime.files import check_output_file, write_atomic, write_wav
+from covo_edge.runtime.manifest import Manifest
 from covo_edge.runtime.synthetic import synthetic_utterance
-from covo_edge.runtime.token2wav import Token2Wav
 
-from .pipeline import ReferenceChat
+from .bench_runtime import STAGES
+from .projection import full_size_counts, project
 
-STAGES = ("frontend", "encoder", "adapter", "prefill", "decode", "token2wav", "vocoder")
-
-
-def _median(runs: list[dict[str, float]]) -> dict[str, float]:
-    return {k: statistics.median(r[k] for r in runs) * 1000 for k in (*STAGES, "decode_per_token")}
+QUESTION_SECONDS = 8.2
+COLOURS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1"]
 
 
-def bench(model_dir: str, artifacts: str, seconds: float = 3.0, tokens: int = 40, repeats: int = 3,
-          svg: str | None = None) -> dict:
-    """Median milliseconds per stage over `repeats` first turns of `tokens` forced tokens, after one warm-up."""
-    wav = synthetic_utterance(seconds)
-    runtime = Assistant.load(artifacts)
-    token2wav = Token2Wav(runtime.backend, runtime.manifest)
-    reference = ReferenceChat(model_dir)
-    forced = [151671 + (7 * i) % 16384 if i % 4 else 100 + i for i in range(tokens)]  # 3 codes : 1 text id
-    runs = {"runtime": [], "reference": []}
-    for i in range(repeats + 1):  # the first turn warms both up and is not counted
-        runtime.reset()
-        r = runtime.reply(wav, 16000, seed=0, debug=Debug(force_tokens=np.array(forced)))
-        if i:
-            runs["runtime"].append(r.timings)
-        reference.reset()
-        noise = torch.from_numpy(np.random.default_rng(0).standard_normal(
-            token2wav.noise_shape(len(r.audio_codes), runtime.voice)).astype(np.float32))
-        ref_timings = reference.reply(wav, 16000, force_tokens=forced, noise=noise).timings
-        if i:
-            runs["reference"].append(ref_timings)
-    result = {name: _median(v) for name, v in runs.items()}
-    result["speedup"] = {k: result["reference"][k] / max(result["runtime"][k], 1e-9) for k in (*STAGES, "decode_per_token")}
-    result["setup"] = {"input_seconds": seconds, "new_tokens": tokens, "repeats": repeats,
-                       "torch_threads": torch.get_num_threads(), "artifacts": str(artifacts)}
-    if svg:
-        write_svg(Path(svg), result)
-    return result
+def interleave(new_tokens: int, code_offset: int, num_codes: int, seed: int = 0) -> list[int]:
+    """5 text ids, then 15 audio codes, repeated: the released model's output pattern."""
+    rng = np.random.default_rng(seed)
+    return [int(100 + rng.integers(0, 20000)) if i % 20 < 5 else int(code_offset + rng.integers(0, num_codes))
+            for i in range(new_tokens)]
 
 
-def write_svg(path: Path, result: dict) -> None:
-    """Two stacked horizontal bars (runtime, reference), one colour per stage, with a legend."""
-    colours = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1"]
-    total = max(sum(result[n][s] for s in STAGES) for n in ("runtime", "reference"))
-    width, left, bar = 720, 90, 28
-    scale = (width - left - 80) / total  # room for the total on the right
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="190" font-family="sans-serif" font-size="12">',
-             '<text x="10" y="18" font-size="14">One spoken turn, median ms per stage (lower is better)</text>']
-    for row, name in enumerate(("runtime", "reference")):
-        y, x = 35 + row * 45, left
-        parts.append(f'<text x="10" y="{y + 18}">{name}</text>')
-        for stage, colour in zip(STAGES, colours):
-            w = result[name][stage] * scale
-            parts.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{bar}" fill="{colour}">'
-                         f'<title>{stage}: {result[name][stage]:.1f} ms</title></rect>')
-            x += w
-        parts.append(f'<text x="{x + 4:.1f}" y="{y + 18}">{sum(result[name][s] for s in STAGES):.0f} ms</text>')
-    for i, (stage, colour) in enumerate(zip(STAGES, colours)):
-        x = 10 + i * 100
-        parts.append(f'<rect x="{x}" y="150" width="12" height="12" fill="{colour}"/><text x="{x + 16}" y="160">{stage}</text>')
-    parts.append("</svg>")
-    svg = "\n".join(parts).encode()
-    write_atomic(path, lambda f: f.write(svg))
+def _side(module: str, *args: str) -> dict:
+    run = subprocess.run([sys.executable, "-m", f"covo_edge.export.{module}", *args], capture_output=True, text=True)
+    if run.returncode != 0:
+        tail = (run.stderr.strip().splitlines() or ["no message"])[-1]
+        raise CovoEdgeError(f"the {module} measurement failed: {tail}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def run_bench(model_dir: str, artifacts: str, seconds: float, tokens: int, repeats: int, svg: str | None) -> None:
-    if svg:
-        check_output_file(svg, "--svg")
-    print(json.dumps(bench(model_dir, artifacts, seconds, tokens, repeats, svg), indent=2))
+def bench(model_dir: str, artifacts: str, question: str | None = None, new_tokens: int = 100) -> dict:
+    manifest = Manifest.load(artifacts)
+    forced = interleave(new_tokens, manifest.tokenizer.audio_code_offset, manifest.num_audio_codes)
+    with tempfile.TemporaryDirectory() as tmp:
+        if question is None:
+            question = str(Path(tmp) / "question.wav")
+            write_wav(question, synthetic_utterance(QUESTION_SECONDS, 16000), 16000)
+        runtime = _side("bench_runtime", artifacts, question, json.dumps(forced))
+        reference = _side("bench_reference", model_dir, question, json.dumps(forced))
+    s = runtime["streaming"]
+    codes_seen = np.cumsum(np.asarray(forced) >= manifest.tokenizer.audio_code_offset)
+    steps_to_first_audio = int(np.searchsorted(codes_seen, s["first_chunk"] + s["lookahead"]) + 1)
+    voice_codes = 291  # the released voice prompt
+    counts = full_size_counts(runtime["prompt_tokens"] - runtime["system_prompt_tokens"],
+                              runtime["prompt_tokens"] + new_tokens, runtime["audio_codes"], voice_codes,
+                              4 * (s["first_chunk"] + s["lookahead"]), s["prompt_frames"] or 4 * voice_codes)
+    first_vocoder_frames = 4 * s["first_chunk"] - 3 + manifest.token2wav.vocoder_lookahead
+    return {
+        "setup": {"artifacts": str(artifacts), "model_dir": str(model_dir), "question": question or "synthetic",
+                  "new_tokens": new_tokens, "dtype": manifest.dtype,
+                  "interleave": "5 text ids, then 15 audio codes, repeated (forced on both sides)"},
+        "runtime": runtime,
+        "reference": reference,
+        "gpu_projection": {
+            "note": "paper projection of the full-size model (FLOPs and weight bytes counted on the meta device, "
+                    "roofline on each device's peak), not a measurement",
+            "devices": project(counts, steps_to_first_audio, first_vocoder_frames, runtime["speech_s"], new_tokens),
+            "counts": {k: {"gflops": v["flops"] / 1e9, "weights_m": v["weights"] / 1e6} for k, v in counts.items()},
+        },
+    }
+
+
+def draw(result: dict, path: Path) -> None:
+    """Stage bars of time to first audio, decode beside its floor, speech real-time factors, peak memory
+    and the GPU projection; every bar carries its number. PNG or SVG by the file's extension."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rt, ref = result["runtime"], result["reference"]
+    fig = plt.figure(figsize=(13, 10), constrained_layout=True)
+    grid = fig.add_gridspec(3, 2)
+    ax = fig.add_subplot(grid[0, :])
+    rows = [("reference (whole reply)", ref["stages_ms"]["exact"]), ("runtime, exact", rt["stages_ms"]["exact"]),
+            ("runtime, streaming", rt["first_audio_breakdown_ms"])]
+    for y, (name, stages) in enumerate(rows):
+        left = 0.0
+        for stage, colour in zip(STAGES, COLOURS):
+            w = stages[stage] / 1000
+            ax.barh(y, w, left=left, color=colour, label=stage if y == 0 else None)
+            if w > 0.04 * max(sum(r[1][k] for k in STAGES) / 1000 for r in rows):
+                ax.text(left + w / 2, y, f"{w:.2f}", ha="center", va="center", fontsize=8, color="white")
+            left += w
+        ax.text(left, y, f"  {left:.2f} s", va="center", fontsize=9)
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows])
+    ax.set_xlabel("seconds from the end of the question to the first playable audio")
+    ax.set_title(f"Time to first audio (decode is {result['setup']['new_tokens']} tokens for the whole-reply rows)")
+    ax.legend(ncol=7, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+
+    def bars(ax, labels, values, unit, title, line=None):
+        ax.bar(labels, values, color=COLOURS[: len(values)])
+        for i, v in enumerate(values):
+            ax.text(i, v, f"{v:.3g} {unit}", ha="center", va="bottom", fontsize=9)
+        if line is not None:
+            ax.axhline(line, color="grey", lw=1, ls="--")
+        ax.set_title(title)
+        ax.set_ylabel(unit)
+
+    bars(fig.add_subplot(grid[1, 0]), ["reference", "runtime", "read floor"],
+         [ref["decode_ms_per_token"], rt["decode_ms_per_token"], rt["read_floor_ms_per_token"]], "ms/token",
+         f"Decode, beside the weight-read floor ({rt['read_bandwidth_gbs']:.0f} GB/s measured)")
+    dev = rt["streaming_deviation"]
+    bars(fig.add_subplot(grid[1, 1]), ["reference", "runtime exact", "runtime streaming"],
+         [ref["token2wav_rtf"]["exact"], rt["token2wav_rtf"]["exact"], rt["token2wav_rtf"]["streaming"]], "x",
+         f"token2wav + vocoder real-time factor (below 1 keeps up)\nstreaming vs exact: log-mel L1 "
+         f"{dev['log_mel_l1']:.3f} (another noise draw: {dev['another_noise_draw']['log_mel_l1']:.3f})", line=1.0)
+    bars(fig.add_subplot(grid[2, 0]), ["reference", "runtime"], [ref["peak_rss_gb"], rt["peak_rss_gb"]], "GB",
+         "Peak resident memory")
+    ax = fig.add_subplot(grid[2, 1])
+    ax.axis("off")
+    devices = result["gpu_projection"]["devices"]
+    table = ax.table(
+        cellText=[[d["device"], f"{d['time_to_first_audio_s']:.2f}", f"{d['decode_ms_per_token']['fp16']:.1f}",
+                   f"{d['decode_ms_per_token']['int4']:.1f}", f"{d['turn_rtf']['fp16']:.2f}", f"{d['turn_rtf']['int4']:.2f}"]
+                  for d in devices],
+        colLabels=["device", "first audio (s)", "ms/token fp16", "ms/token int4", "turn RTF fp16", "turn RTF int4"],
+        loc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(9)
+    table.scale(1, 2)
+    ax.set_title("Projection (paper, full-size model, roofline): not measured")
+    fig.suptitle(f"covo-edge bench: {result['setup']['artifacts']} ({result['setup']['dtype']})")
+    suffix = path.suffix.lower().lstrip(".") or "png"
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format=suffix, dpi=110)
+    plt.close(fig)
+    write_atomic(path, lambda f: f.write(buf.getvalue()))
+
+
+def run_bench(model_dir: str, artifacts: str, question: str | None, new_tokens: int, json_out: str | None,
+              chart: str | None) -> None:
+    for path, option in ((json_out, "--json"), (chart, "--chart")):
+        if path:
+            check_output_file(path, option)
+    result = bench(model_dir, artifacts, question, new_tokens)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if json_out:
+        write_atomic(json_out, lambda f: f.write(text.encode()))
+    if chart:
+        draw(result, Path(chart))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from covo_edge.runtime.cli import float_above, int_at_least
+from covo_edge.runtime.cli import int_at_least
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
@@ -36,7 +36,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
-    run_bench(args.model_dir, args.artifacts, args.seconds, args.tokens, args.repeats, args.svg)
+    run_bench(args.model_dir, args.artifacts, args.input, args.new_tokens, args.json, args.chart)
     return 0
 
 
@@ -58,13 +58,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--force", action="store_true", help="replace an earlier export in OUTPUT")
     e.set_defaults(run=_export, extra="export")
 
-    b = sub.add_parser("bench", help="per-stage latency, runtime vs PyTorch reference, as JSON + SVG (export extra)")
+    b = sub.add_parser("bench", help="time to first audio, decode vs its floor, speech RTF, memory: runtime and "
+                                     "PyTorch reference in one run, JSON + chart (export extra)")
     b.add_argument("--model-dir", required=True)
     b.add_argument("--artifacts", required=True)
-    b.add_argument("--seconds", type=float_above(0), default=3.0, help="length of the synthetic question")
-    b.add_argument("--tokens", type=int_at_least(1), default=40, help="new tokens per turn (forced, identical on both)")
-    b.add_argument("--repeats", type=int_at_least(1), default=3)
-    b.add_argument("--svg", help="also draw the breakdown here")
+    b.add_argument("--input", help="question audio (default: a synthetic 8.2 s utterance)")
+    b.add_argument("--new-tokens", type=int_at_least(20), default=100,
+                   help="forced reply length: 5 text ids, then 15 audio codes, repeated")
+    b.add_argument("--json", help="also write the results here")
+    b.add_argument("--chart", help="draw them here (.png or .svg)")
     b.set_defaults(run=_bench, extra="export")
 
     d = sub.add_parser("demo", help="answer one spoken question with the PyTorch reference (export extra)")

@@ -33,6 +33,7 @@ from covo_edge.runtime.token2wav import VOICE_FILES
 from .config import ReleaseError
 from .graphs import GraphExport, audio_adapter, audio_encoder, backbone, embed_tokens, token2latent, vocoder
 from .release import Release, load_covo, load_token2wav
+from .vocoder import receptive_field
 
 OPSET = 18
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -106,6 +107,7 @@ def _export(release: Release, out: Path, torch_dtype: torch.dtype, voices: list[
     chosen = [release.voice(v) for v in voices] if voices else [release.voice()]
     model = load_covo(release, torch_dtype)  # bf16 checkpoint -> fp16 shard by shard: no fp32 copy
     t2w = load_token2wav(release)
+    vocoder_reach = receptive_field(t2w.wavegan, t2w.config.vocoder.hop)  # measured in float64, before casting
     t2w.token2latent.to(torch_dtype)  # the latent stats stay float32 for the manifest
     t2w.wavegan.to(torch_dtype)
     graphs = [
@@ -122,11 +124,11 @@ def _export(release: Release, out: Path, torch_dtype: torch.dtype, voices: list[
         (out / "voices" / v.name).mkdir(parents=True)
         for name in VOICE_FILES:
             np.save(out / "voices" / v.name / name, getattr(v, name.removesuffix(".npy"))[None])
-    _manifest(release, model, t2w, chosen, specs, out, torch_dtype, max_context).save(out)
+    _manifest(release, model, t2w, vocoder_reach, chosen, specs, out, torch_dtype, max_context).save(out)
 
 
-def _manifest(release: Release, model, t2w, voices, specs: dict[str, GraphSpec], out: Path,
-              torch_dtype: torch.dtype, max_context: int) -> Manifest:
+def _manifest(release: Release, model, t2w, vocoder_reach: tuple[int, int], voices, specs: dict[str, GraphSpec],
+              out: Path, torch_dtype: torch.dtype, max_context: int) -> Manifest:
     from tokenizers import Tokenizer
 
     config = model.config
@@ -163,6 +165,8 @@ def _manifest(release: Release, model, t2w, voices, specs: dict[str, GraphSpec],
         sampling=SamplingSpec(first_turn=FIRST_TURN, later_turns=LATER_TURNS, max_new_tokens=2048),
         token2wav=Token2WavSpec(s_steps=cfg.s_steps, cfg_alpha=cfg.cfg_alpha, upsample_factor=cfg.dit.upsample_factor,
                                 hop=cfg.vocoder.hop, sample_rate=cfg.sample_rate, z_dim=cfg.dit.z_dim,
-                                latent_mean=t2w.global_mean.tolist(), latent_var=t2w.global_var.tolist()),
+                                latent_mean=t2w.global_mean.tolist(), latent_var=t2w.global_var.tolist(),
+                                num_layers=cfg.dit.num_layers, conv_context=cfg.dit.conv_kernel // 2,
+                                vocoder_context=vocoder_reach[0], vocoder_lookahead=vocoder_reach[1]),
         voices={v.name: f"voices/{v.name}" for v in voices},
     )

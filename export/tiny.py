@@ -60,9 +60,14 @@ SIZES = {
         enc_dim=384, enc_layers=4, enc_heads=6,
         dit=DiTConfig(token_input_dim=128, hidden_size=256, num_layers=4, num_heads=4, ffn_hidden_size=1024, spkr_embed_dim=256),
         vocoder=VocoderConfig(upsample_initial_channel=384),
-        voice_codes=50,
+        voice_codes=291,  # the released voice prompt: 291 codes, 1167 latent frames
     ),
 }
+# The released model's shapes: never written (16 GB of noise), built on the meta device for paper projections.
+RELEASE = Size(
+    hidden=3584, layers=28, heads=28, kv_heads=4, intermediate=18944, enc_dim=1280, enc_layers=32, enc_heads=20,
+    dit=DiTConfig(), vocoder=VocoderConfig(), voice_codes=291,
+)
 
 
 def covo_config(size: Size) -> CovoConfig:

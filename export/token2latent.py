@@ -47,9 +47,10 @@ class Rotary(nn.Module):
         super().__init__()
         self.register_buffer("inv_freq", 1.0 / (theta ** (torch.arange(0, head_dim, 2).float() / head_dim)))
 
-    def forward(self, length: int) -> torch.Tensor:
-        """Angles [length, head_dim], always in float32 (fp16 positions go wrong past 2048)."""
-        freqs = torch.outer(torch.arange(length, dtype=torch.float32), self.inv_freq.float())
+    def forward(self, length: int, offset: torch.Tensor | int = 0) -> torch.Tensor:
+        """Angles [length, head_dim] of positions offset.., always in float32 (fp16 positions go wrong past 2048)."""
+        positions = torch.arange(length, dtype=torch.float32) + offset
+        freqs = torch.outer(positions, self.inv_freq.float())
         return torch.cat((freqs, freqs), dim=-1)
 
 
@@ -65,15 +66,22 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(hidden, hidden)
         self.rotary = Rotary(hidden // heads, theta)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor,
+                position: torch.Tensor | int = 0) -> tuple[torch.Tensor, ...]:
+        """New frames x [B, T, C] at positions position.. attend to themselves and to the cached (rotated)
+        keys and values of earlier frames [B, heads, P, d]; returns (output, new keys, new values). With an
+        empty cache at position 0 this is upstream's attention over the whole sequence."""
         b, n, c = x.shape
         q, k, v = (p(x).view(b, n, self.heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
-        angle = self.rotary(n)
+        angle = self.rotary(n, position)
         cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.o_proj(out.transpose(1, 2).reshape(b, n, c))
+        out = F.scaled_dot_product_attention(q, torch.cat([past_k, k], 2), torch.cat([past_v, v], 2))
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, c)), k, v
+
+    def empty_cache(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(x.shape[0], self.heads, 0, x.shape[2] // self.heads)
 
 
 class FeedForward(nn.Module):
@@ -99,9 +107,16 @@ class DiTBlock(nn.Module):
         self.modulation_layer = nn.Sequential(nn.SiLU(), nn.Linear(h, 6 * h))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = self.modulation_layer(c).chunk(6, dim=1)
-        x = x + gate_a[:, None] * self.attn(modulate(self.norm1(x), shift_a, scale_a))
-        return x + gate_f[:, None] * self.ffn(modulate(self.norm2(x), shift_f, scale_f))
+        empty = self.attn.empty_cache(x)
+        return self.modulated(x, self.modulation_layer(c), empty, empty)[0]
+
+    def modulated(self, x: torch.Tensor, modulation: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor,
+                  position: torch.Tensor | int = 0) -> tuple[torch.Tensor, ...]:
+        """The block given its 6 modulation vectors [B, 6H] and a KV cache: (output, new keys, new values)."""
+        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = modulation.chunk(6, dim=1)
+        a, k, v = self.attn(modulate(self.norm1(x), shift_a, scale_a), past_k, past_v, position)
+        x = x + gate_a[:, None] * a
+        return x + gate_f[:, None] * self.ffn(modulate(self.norm2(x), shift_f, scale_f)), k, v
 
 
 class FinalLayer(nn.Module):
@@ -112,7 +127,10 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(hidden, out)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.modulated(x, self.adaLN_modulation(c))
+
+    def modulated(self, x: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
+        shift, scale = modulation.chunk(2, dim=1)
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
@@ -125,6 +143,13 @@ class ConvPositionEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(self.conv(x.transpose(1, 2))).transpose(1, 2)
+
+    def with_context(self, context: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The same over x [B, T, C] given the frames before it [B, K//2, C] (zeros at the sequence start,
+        where the conv pads with zeros): no left padding, zeros on the right."""
+        pad = self.conv.padding[0]
+        y = F.pad(torch.cat([context, x], 1).transpose(1, 2), (0, pad))
+        return F.gelu(F.conv1d(y, self.conv.weight, self.conv.bias, groups=self.conv.groups)).transpose(1, 2)
 
 
 class Token2Latent(nn.Module):
@@ -159,6 +184,39 @@ class Token2Latent(nn.Module):
         for block in self.blocks:
             h = block(h, c)
         return self.output_layer(h, c)
+
+    # The vector field in three parts, so that what does not change between evaluations is computed once
+    # (DESIGN.md, "token2wav"): `modulation` depends on the time and the voice only (a table of the 18
+    # evaluation times per voice), `conditioning` on the codes and the latent prefix only (once per turn
+    # or chunk), `field` on the noisy state, optionally with a KV cache of earlier frames (streaming).
+
+    def modulation(self, t: torch.Tensor, speaker: torch.Tensor) -> torch.Tensor:
+        """Every block's adaLN vectors and the output layer's, concatenated: [B, 6H * layers + 2H]."""
+        c = self.cond_proj(torch.cat([self.time_embedder(t), speaker], dim=-1))
+        return torch.cat([*(b.modulation_layer(c) for b in self.blocks), self.output_layer.adaLN_modulation(c)], -1)
+
+    def conditioning(self, tokens: torch.Tensor, latent_cond: torch.Tensor) -> torch.Tensor:
+        """The code and latent-prefix parts of the input projection (and its bias) for the guidance pair:
+        [2B, T, H], unconditional rows (code features zeroed) first."""
+        w, h = self.transformer_input_proj.weight, self.cfg.hidden_size
+        latent = F.linear(latent_cond, w[:, h : h + self.cfg.z_dim], self.transformer_input_proj.bias)
+        return torch.cat([latent, latent + F.linear(tokens, w[:, :h])])
+
+    def field(self, x: torch.Tensor, conditioning: torch.Tensor, modulation: torch.Tensor, conv_context: torch.Tensor,
+              position: torch.Tensor, past: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """v(x_t) of new frames given their conditioning, the time's modulation row, the position conv's left
+        context, the rotary position of the first new frame [1] and each block's cached keys and values of
+        earlier frames (empty, position 0: the whole sequence). Returns (velocity, projected input frames (the
+        next chunk's conv context), new keys and values)."""
+        h_dim = self.cfg.hidden_size
+        frames = conditioning + F.linear(x, self.transformer_input_proj.weight[:, h_dim + self.cfg.z_dim :])
+        h = self.conv_embed.with_context(conv_context, frames) + frames
+        mods = modulation.split([6 * h_dim] * len(self.blocks) + [2 * h_dim], dim=1)
+        present = []
+        for i, block in enumerate(self.blocks):
+            h, k, v = block.modulated(h, mods[i], past[2 * i], past[2 * i + 1], position)
+            present += [k, v]
+        return (self.output_layer.modulated(h, mods[-1]), frames, *present)
 
     def guided_velocity(
         self, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor, latent_cond: torch.Tensor,

@@ -7,7 +7,9 @@
     assistant.reset()
 
 A turn is four stages, each timed the same way: encode the audio (frontend, encoder, adapter), prefill
-the prompt, decode the reply, speak it (token2wav, vocoder). DESIGN.md, "The runtime", says why.
+the prompt, decode the reply, speak it (token2wav, vocoder). Speaking is done whole after the decode
+(`token2wav="exact"`, upstream's computation) or chunk by chunk while it runs ("streaming", audio
+within about a second). DESIGN.md, "The runtime" and "Streaming speech", says why.
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ from .backends import Backend, BackendName, Device, load_backend
 from .errors import ArtifactsError, ContextFullError, InputError, OptionError, at_least
 from .manifest import GRAPH_IO, SPEECH_GRAPHS, Manifest
 from .sampling import Sampling, pick, process_logits
-from .token2wav import Token2Wav, Voice, manifest_voice
+from .streaming import SpeechStream, Streaming, VocoderStream, voice_cache
+from .token2wav import NoiseTape, Token2Wav, Voice, manifest_voice
 
 Mode = Literal["speech", "text"]
 MODES: tuple[str, ...] = get_args(Mode)
+Token2WavMode = Literal["exact", "streaming"]
+TOKEN2WAV_MODES: tuple[str, ...] = get_args(Token2WavMode)
 
 
 @dataclass
@@ -42,12 +47,13 @@ class Reply:
     sample_rate: int
     tokens: np.ndarray  # every new id, the stop id included
     finish_reason: str  # "stop" | "length" | "context_full"
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, first_text and first_audio
 
 
 @dataclass
 class Chunk:
-    """One streamed piece: a text delta, or (at the end, in speech mode) the reply's audio."""
+    """One streamed piece: a text delta or new 24 kHz samples (in order: all chunks' audio concatenated is
+    the reply's audio); the last chunk also carries the whole reply."""
 
     text: str = ""
     audio: np.ndarray | None = None
@@ -93,16 +99,36 @@ def check_tokens(tokens: np.ndarray, vocab_size: int, where: str = "forced token
 
 
 class _Clock:
-    """Seconds per stage; a stage entered several times (every decode step) adds up."""
+    """Seconds per stage; a stage entered several times (every decode step) adds up. `mark` records when
+    something first happened, since the turn began (the end of the user's question), and how far each
+    stage had got by then (`first_audio.decode`: the decode time before the first audio)."""
 
     def __init__(self):
         self.timings: dict[str, float] = {}
+        self.stages: list[str] = []
+        self.start = time.perf_counter()
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
         t0 = time.perf_counter()
         yield
+        if stage not in self.timings:
+            self.stages.append(stage)
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
+
+    def mark(self, event: str) -> None:
+        if event not in self.timings:
+            self.timings[event] = time.perf_counter() - self.start
+            self.timings.update({f"{event}.{stage}": self.timings[stage] for stage in self.stages})
+
+
+@dataclass
+class _Prefix:
+    """The system prompt's ids, embeddings and KV cache (one array or device value per tensor)."""
+
+    ids: np.ndarray
+    embeds: np.ndarray
+    past: list[Any]
 
 
 class _TextStream:
@@ -126,12 +152,14 @@ class _TextStream:
 class Assistant:
     """One conversation on one artifacts directory. Built by `Assistant.load`."""
 
-    def __init__(self, artifacts: Path, manifest: Manifest, backend: Backend, mode: Mode, voice: Voice | None):
+    def __init__(self, artifacts: Path, manifest: Manifest, backend: Backend, mode: Mode, voice: Voice | None,
+                 streaming: Streaming = Streaming()):
         self.artifacts = artifacts
         self.manifest = manifest
         self.backend = backend
         self.mode = mode
         self.voice = voice
+        self.streaming = streaming
         ids = manifest.tokenizer.ids
         self._tokenizer = load_tokenizer(artifacts / "tokenizer.json")
         self._code_offset = manifest.tokenizer.audio_code_offset
@@ -143,19 +171,23 @@ class Assistant:
         self._present_names = manifest.llm.present_names
         self._ones = np.ones((1, self.max_context), np.int64)  # attention mask: a view per step
         backend.prepare([g for g in GRAPH_IO if mode == "speech" or g not in SPEECH_GRAPHS])
+        if self._token2wav is not None:  # the voice's tables and cache, so that no turn waits for them
+            voice_cache(self._token2wav, voice, streaming.prompt_frames)
+        self._prefix = self._system_prompt()
         self.reset()
 
     @classmethod
     def load(cls, artifacts: str | Path, backend: BackendName = "onnxruntime", device: Device = "cpu",
-             mode: Mode = "speech", voice: str | None = None) -> Assistant:
+             mode: Mode = "speech", voice: str | None = None, streaming: Streaming = Streaming()) -> Assistant:
         """Open an artifacts directory written by `covo-edge export`: the manifest and every graph the mode
-        needs are checked and loaded now, so the first turn pays for neither."""
+        needs are checked and loaded now, and the voice's cache for streamed speech computed, so the first
+        turn pays for none of it. `streaming` sets the chunk schedule of streamed speech."""
         if mode not in MODES:
             raise OptionError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         artifacts = Path(artifacts)
         manifest = Manifest.load(artifacts)
         chosen = manifest_voice(artifacts, manifest, voice) if mode == "speech" else None
-        return cls(artifacts, manifest, load_backend(backend, artifacts, manifest, device), mode, chosen)
+        return cls(artifacts, manifest, load_backend(backend, artifacts, manifest, device), mode, chosen, streaming)
 
     @property
     def max_context(self) -> int:
@@ -171,34 +203,53 @@ class Assistant:
         return self._turns
 
     def reset(self) -> None:
-        """Forget the conversation (the KV cache and the turn count)."""
+        """Forget the conversation: back to the system prompt's cached keys and values, turn count 0."""
+        self._past: list[Any] = list(self._prefix.past)
+        self._length = len(self._prefix.ids)
+        self._turns = 0
+
+    def _system_prompt(self) -> _Prefix:
+        """Every conversation's first turn starts with the same ids (the system prompt and the template up
+        to the question's audio): their keys and values are computed once, here, and each first turn only
+        prefills the rest. The shared ids are those the renderings without and with audio agree on."""
         llm = self.manifest.llm
         empty = np.zeros((1, llm.num_kv_heads, 0, llm.head_dim), self._dtype)
-        self._past: list[Any] = [empty] * len(self._past_names)
-        self._length = 0
-        self._turns = 0
+        self._past, self._length = [empty] * len(self._past_names), 0
+        a, b = (self._tokenizer.encode(self.manifest.prompt.render(n, True)).ids for n in (0, 1))
+        n = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+        ids = np.asarray(a[:n], np.int64)
+        embeds = self.backend.run("embed_tokens", {"input_ids": ids[None]}, host=["inputs_embeds"])["inputs_embeds"]
+        self._feed(embeds, n)
+        return _Prefix(ids, embeds[0], list(self._past))
 
     def default_sampling(self) -> Sampling:
         """Upstream's rules: greedy on the first turn, sampling afterwards."""
         return self.manifest.sampling.first_turn if self._turns == 0 else self.manifest.sampling.later_turns
 
     def reply(self, wav: np.ndarray, sample_rate: int, *, greedy: bool | None = None, sampling: Sampling | None = None,
-              max_new_tokens: int | None = None, seed: int | None = None, debug: Debug | None = None) -> Reply:
-        """Answer one spoken turn; `stream` takes the same arguments."""
+              max_new_tokens: int | None = None, seed: int | None = None, token2wav: Token2WavMode = "exact",
+              debug: Debug | None = None) -> Reply:
+        """Answer one spoken turn; `stream` takes the same arguments. The audio comes whole, so it is computed
+        whole by default: upstream's computation, no streaming approximation."""
         for chunk in self.stream(wav, sample_rate, greedy=greedy, sampling=sampling, max_new_tokens=max_new_tokens,
-                                 seed=seed, debug=debug):
+                                 seed=seed, token2wav=token2wav, debug=debug):
             if chunk.reply is not None:
                 return chunk.reply
         raise AssertionError("stream ended without a reply")
 
     def stream(self, wav: np.ndarray, sample_rate: int, *, greedy: bool | None = None,
                sampling: Sampling | None = None, max_new_tokens: int | None = None, seed: int | None = None,
-               debug: Debug | None = None) -> Iterator[Chunk]:
-        """Answer one spoken turn, yielding text deltas as they decode and the audio at the end.
+               token2wav: Token2WavMode = "streaming", debug: Debug | None = None) -> Iterator[Chunk]:
+        """Answer one spoken turn, yielding text deltas as they decode and audio as it is ready.
 
         greedy: override the turn's default (greedy on turn 1 only); sampling: full control of the rules;
-        max_new_tokens: cap on new ids (default from the manifest); seed: sampling and ODE noise.
+        max_new_tokens: cap on new ids (default from the manifest); seed: sampling and ODE noise;
+        token2wav: "streaming" (default here: audio chunks while the reply decodes, an approximation whose
+        distance from the whole-reply computation `streaming.deviation` measures) or "exact" (the audio
+        in the last chunk).
         """
+        if token2wav not in TOKEN2WAV_MODES:
+            raise OptionError(f"token2wav must be one of {', '.join(TOKEN2WAV_MODES)}, got {token2wav!r}")
         s = sampling or self.default_sampling()
         if greedy is not None:
             s = s.but(greedy=bool(greedy))
@@ -210,38 +261,59 @@ class Assistant:
         if debug.force_tokens is not None:
             debug = replace(debug, force_tokens=check_tokens(debug.force_tokens, self.manifest.llm.vocab_size))
             limit = min(limit, len(debug.force_tokens))
-        return self._turn(wav, sample_rate, s, limit, np.random.default_rng(seed), debug)
+        # Sampling and the ODE noise draw from separate generators: the noise of a frame is then the same
+        # whether the reply is spoken whole or streamed, whatever was sampled in between.
+        sample_rng, noise_rng = np.random.default_rng(seed).spawn(2)
+        return self._turn(wav, sample_rate, s, limit, sample_rng, noise_rng, token2wav, debug)
 
     def _turn(self, wav: np.ndarray, sample_rate: int, sampling: Sampling, limit: int, rng: np.random.Generator,
-              debug: Debug) -> Iterator[Chunk]:
+              noise_rng: np.random.Generator, token2wav: Token2WavMode, debug: Debug) -> Iterator[Chunk]:
         clock = _Clock()
         n_slots, features = self._encode_audio(wav, sample_rate, clock, debug)
         ids = np.asarray(self._tokenizer.encode(self.manifest.prompt.render(n_slots, self._turns == 0)).ids, np.int64)
-        self._check_room(len(ids))
+        cached = len(self._prefix.ids) if self._turns == 0 else 0  # the system prompt is in the cache already
+        if not np.array_equal(ids[:cached], self._prefix.ids[:cached]):
+            raise AssertionError("the first turn's prompt does not start with the cached system prompt")
+        self._check_room(len(ids) - cached)
         with clock("prefill"):
-            logits = self._prefill(ids, features, debug)
+            logits = self._prefill(ids, cached, features, debug)
         text = _TextStream(self._tokenizer)
+        speech = self._speech(noise_rng, token2wav, debug)
         tokens: list[int] = []
+        audio: list[np.ndarray] = []
         for tok in self._decode(logits, ids, sampling, limit, rng, clock, debug):
             tokens.append(tok)
             if tok < self._code_offset and tok != self._stop_id:
                 delta = text.push(tok)
                 if delta:
+                    clock.mark("first_text")
                     yield Chunk(text=delta)
+            elif tok >= self._code_offset and speech is not None:
+                new = speech.push(tok - self._code_offset, clock)
+                if new.size:
+                    audio.append(new)
+                    clock.mark("first_audio")
+                    yield Chunk(audio=new)
         self._turns += 1
         tokens_a = np.asarray(tokens, np.int64)
         codes = tokens_a[tokens_a >= self._code_offset] - self._code_offset
-        audio = self._speak(codes, rng, clock, debug) if self._token2wav is not None and codes.size else None
+        last = None
+        if speech is not None and codes.size:
+            last = speech.finish(codes, clock)
+            audio.append(last)
+            clock.mark("first_audio")
         text_ids = tokens_a[tokens_a < self._code_offset]
         clock.timings["decode_per_token"] = clock.timings.get("decode", 0.0) / max(len(tokens) - 1, 1)
-        debug.record(tokens=tokens_a, audio_codes=codes)
+        whole = np.concatenate(audio) if audio else None
+        debug.record(tokens=tokens_a, audio_codes=codes, **({} if whole is None else {"wav": whole}))
         reply = Reply(
             text=self._tokenizer.decode(text_ids.tolist(), skip_special_tokens=True), text_ids=text_ids,
-            audio_codes=codes, audio=audio, sample_rate=self.manifest.token2wav.sample_rate, tokens=tokens_a,
+            audio_codes=codes, audio=whole,
+            sample_rate=self.manifest.token2wav.sample_rate, tokens=tokens_a,
             finish_reason="stop" if tokens[-1] == self._stop_id else "length" if len(tokens) == limit else "context_full",
             timings=clock.timings,
         )
-        yield Chunk(text=reply.text[len(text.shown):], audio=audio, reply=reply)
+        yield Chunk(text=reply.text[len(text.shown):], audio=last, reply=reply)
 
     def _encode_audio(self, wav: np.ndarray, sample_rate: int, clock: _Clock, debug: Debug) -> tuple[int, np.ndarray]:
         """Stage 1: the question's audio -> (number of <|cAUDIO|> slots, adapter frames [S*188, H])."""
@@ -263,13 +335,17 @@ class Assistant:
                 "larger --max-context"
             )
 
-    def _prefill(self, ids: np.ndarray, features: np.ndarray, debug: Debug) -> np.ndarray:
-        """Stage 2: the prompt's embeddings, the audio frames in its <|cAUDIO|> slots, into the KV cache."""
-        embeds = self.backend.run("embed_tokens", {"input_ids": ids[None]}, host=["inputs_embeds"])["inputs_embeds"]
-        slots = ids == self._audio_slot
+    def _prefill(self, ids: np.ndarray, cached: int, features: np.ndarray, debug: Debug) -> np.ndarray:
+        """Stage 2: the prompt's embeddings (but the first `cached`, already in the KV cache), the audio
+        frames in its <|cAUDIO|> slots, into the KV cache."""
+        new = ids[cached:]
+        embeds = self.backend.run("embed_tokens", {"input_ids": new[None]}, host=["inputs_embeds"])["inputs_embeds"]
+        slots = new == self._audio_slot
         embeds[0, slots] = features[: int(slots.sum())].astype(embeds.dtype)
-        logits = self._feed(embeds, len(ids))
-        debug.record(input_ids=ids, inputs_embeds=embeds[0], prefill_logits=logits)
+        logits = self._feed(embeds, len(new))
+        if debug.dump is not None:
+            whole = np.concatenate([self._prefix.embeds, embeds[0]]) if cached else embeds[0]
+            debug.record(input_ids=ids, inputs_embeds=whole, prefill_logits=logits)
         return logits
 
     def _decode(self, logits: np.ndarray, ids: np.ndarray, sampling: Sampling, limit: int, rng: np.random.Generator,
@@ -311,16 +387,51 @@ class Assistant:
         self._length = total
         return out["logits"][0]
 
-    def _speak(self, codes: np.ndarray, rng: np.random.Generator, clock: _Clock, debug: Debug) -> np.ndarray:
-        """Stage 4: audio codes -> latents (token2wav) -> 24 kHz wav (vocoder)."""
+    def _speech(self, noise_rng: np.random.Generator, mode: Token2WavMode, debug: Debug) -> _Speaker | None:
+        """Stage 4's speaker for this turn (None in text mode)."""
+        if self._token2wav is None:
+            return None
+        tape = NoiseTape(self._token2wav.tables(self.voice).noise, noise_rng, debug.noise)
+        return _Speaker(self._token2wav, self.voice, tape, self.streaming if mode == "streaming" else None, debug)
+
+
+class _Speaker:
+    """Stage 4, speak: audio codes -> latents (token2wav) -> 24 kHz samples (vocoder). Streaming, it takes the
+    codes as they decode and returns samples chunk by chunk; exact, it speaks the whole reply at the end."""
+
+    def __init__(self, t2w: Token2Wav, voice: Voice, noise: NoiseTape, streaming: Streaming | None, debug: Debug):
+        self.t2w, self.voice, self.noise, self.debug = t2w, voice, noise, debug
+        self.stream = SpeechStream(t2w, voice, noise, streaming) if streaming is not None else None
+        self.vocoder = VocoderStream(t2w)
+        self.latents: list[np.ndarray] = []
+
+    def push(self, code: int, clock: _Clock) -> np.ndarray:
+        """New samples once a chunk's codes (and look-ahead) are in; none otherwise."""
+        if self.stream is None:
+            return np.zeros(0, np.float32)
+        self.stream.push(code)
+        return self._chunk(clock, final=False) if self.stream.ready() else np.zeros(0, np.float32)
+
+    def finish(self, codes: np.ndarray, clock: _Clock) -> np.ndarray:
+        """The samples not yet returned, the reply's codes all in."""
+        if self.stream is not None:
+            return self._chunk(clock, final=True)
         with clock("token2wav"):
-            noise = debug.noise
-            if noise is None:
-                noise = rng.standard_normal(self._token2wav.noise_shape(len(codes), self.voice)).astype(np.float32)
-            latents = self._token2wav.latents(codes, self.voice, noise)
+            noise = self.noise.take(0, self.t2w.noise_shape(len(codes), self.voice)[1])[None]
+            latents = self.t2w.latents(codes, self.voice, noise)
         with clock("vocoder"):
-            audio = self._token2wav.vocode(latents)
-        debug.record(latents=latents, wav=audio)
+            audio = self.t2w.vocode(latents)
+        self.debug.record(latents=latents)
+        return audio
+
+    def _chunk(self, clock: _Clock, final: bool) -> np.ndarray:
+        with clock("token2wav"):
+            latents = self.stream.next(final)
+        self.latents.append(latents)
+        with clock("vocoder"):
+            audio = self.vocoder.push(latents, final)
+        if final:
+            self.debug.record(latents=np.concatenate(self.latents)[None], chunk_frames=[len(c) for c in self.latents])
         return audio
 
 

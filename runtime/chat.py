@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .assistant import Assistant, Debug, check_tokens
+from .assistant import Assistant, Debug, Reply, check_tokens
 from .backends import load_backend
 from .cli import shorten
 from .errors import InputError, OptionError
-from .files import check_output_dir, check_output_file, read_npy, write_atomic, write_npz, write_wav
+from .files import WavWriter, check_output_dir, check_output_file, read_npy, write_atomic, write_npz, write_wav
 from .frontend import load_audio
 from .manifest import SPEECH_GRAPHS, Manifest
 from .token2wav import Token2Wav, check_codes, manifest_voice
@@ -29,10 +29,11 @@ def read_noise(path: str, z_dim: int) -> np.ndarray:
 def chat(artifacts: str, inputs: list[str], output_dir: str, *, mode: str = "speech", greedy: bool | None = None,
          seed: int | None = None, max_new_tokens: int | None = None, force_tokens: list[str] | None = None,
          noise: list[str] | None = None, dump: str | None = None, dump_logits: int | str = 0,
-         voice: str | None = None, backend: str = "onnxruntime", device: str = "cpu") -> int:
+         voice: str | None = None, stream: bool = False, backend: str = "onnxruntime", device: str = "cpu") -> int:
     """One turn per input on one conversation; prints a line per turn (the text cut to fit a screen) and its
-    timings, writes turn_N.txt (the whole text) and turn_N.wav. Returns 1 when a speech turn produced no
-    audio codes (there is no speech to write for it), else 0."""
+    timings, writes turn_N.txt (the whole text) and turn_N.wav: whole at the end (exact token2wav), or with
+    `stream` chunk by chunk as the reply decodes (streaming token2wav; turn_N.wav.part grows, then is
+    renamed). Returns 1 when a speech turn produced no audio codes (no speech to write), else 0."""
     out = check_output_dir(output_dir)
     if dump:
         check_output_file(dump, "--dump")
@@ -49,17 +50,22 @@ def chat(artifacts: str, inputs: list[str], output_dir: str, *, mode: str = "spe
     for n, (wav, rate) in enumerate(questions):
         debug = Debug(force_tokens=forced[n] if forced else None, noise=noises[n] if noises else None,
                       dump={} if dump else None, step_logits=dump_logits)
-        reply = assistant.reply(wav, rate, greedy=greedy, seed=None if seed is None else seed + n,
-                                max_new_tokens=max_new_tokens, debug=debug)
+        wav_path = out / f"turn_{n}.wav"
+        options = dict(greedy=greedy, seed=None if seed is None else seed + n, max_new_tokens=max_new_tokens, debug=debug)
+        if stream and mode == "speech":
+            reply = _stream_turn(assistant, wav, rate, wav_path, options)
+            print(f"turn {n}: first text after {reply.timings.get('first_text', float('nan')):.2f} s, first audio after "
+                  f"{reply.timings.get('first_audio', float('nan')):.2f} s")
+        else:
+            reply = assistant.reply(wav, rate, **options)
+            if reply.audio is not None:
+                write_wav(wav_path, reply.audio, reply.sample_rate)
         print(f"turn {n}: {shorten(reply.text)} ({len(reply.text_ids)} text ids, {len(reply.audio_codes)} audio "
               f"codes, {reply.finish_reason})")
-        print("timings_ms " + json.dumps({k: round(v * 1000, 2) for k, v in reply.timings.items()}))
+        print("timings_ms " + json.dumps({k: round(v * 1000, 2) for k, v in reply.timings.items() if "." not in k}))
         text = reply.text.encode()
         write_atomic(out / f"turn_{n}.txt", lambda f: f.write(text))
-        wav_path = out / f"turn_{n}.wav"
-        if reply.audio is not None:
-            write_wav(wav_path, reply.audio, reply.sample_rate)
-        elif mode == "speech":
+        if reply.audio is None and mode == "speech":
             silent_turns += 1
             stale = f"; the {wav_path} there is from an earlier run" if wav_path.exists() else ""
             print(f"covo-edge chat: turn {n}'s reply holds no audio codes, so there is no speech: {wav_path.name} "
@@ -69,6 +75,23 @@ def chat(artifacts: str, inputs: list[str], output_dir: str, *, mode: str = "spe
     if dump:
         write_npz(dump, dumps)
     return 1 if silent_turns else 0
+
+
+def _stream_turn(assistant: Assistant, wav: np.ndarray, rate: int, path: Path, options: dict) -> Reply:
+    """A turn whose audio is written as it comes; no file is left if the reply has no audio."""
+    writer = WavWriter(path, assistant.manifest.token2wav.sample_rate)
+    try:
+        for chunk in assistant.stream(wav, rate, token2wav="streaming", **options):
+            if chunk.audio is not None and chunk.audio.size:
+                writer.write(chunk.audio)
+    except BaseException:
+        writer.abort()
+        raise
+    if chunk.reply.audio is None:
+        writer.abort()
+    else:
+        writer.close()
+    return chunk.reply
 
 
 def token2wav(artifacts: str, codes: str, output: str, noise: str | None = None, voice: str | None = None,

@@ -74,8 +74,8 @@ def _chat(args: argparse.Namespace) -> int:
 
     return chat(args.artifacts, args.input, args.output_dir, mode=args.mode, greedy=True if args.greedy else None,
                 seed=args.seed, max_new_tokens=args.max_new_tokens, force_tokens=args.force_tokens, noise=args.noise,
-                dump=args.dump, dump_logits=args.dump_logits, voice=args.voice, backend=args.backend,
-                device=args.device)
+                dump=args.dump, dump_logits=args.dump_logits, voice=args.voice, stream=args.stream,
+                backend=args.backend, device=args.device)
 
 
 def _token2wav(args: argparse.Namespace) -> int:
@@ -102,6 +102,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--input", action="append", required=True, help="question audio, one per turn (repeatable)")
     c.add_argument("--output-dir", default="out", help="where turn_N.wav go")
     c.add_argument("--mode", choices=("speech", "text"), default="speech")
+    c.add_argument("--stream", action="store_true",
+                   help="speak while the reply decodes (streaming token2wav): turn_N.wav.part grows chunk by chunk, "
+                        "and the time to the first audio is printed (default: exact token2wav, written at the end)")
     c.add_argument("--greedy", action="store_true", help="greedy on every turn (default: greedy first turn only)")
     c.add_argument("--seed", type=int_at_least(0), help="sampling and ODE-noise seed (turn n uses seed + n)")
     c.add_argument("--max-new-tokens", type=int_at_least(1))

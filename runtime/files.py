@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -106,6 +107,55 @@ def write_wav(path: str | Path, wav: np.ndarray, sample_rate: int) -> None:
 def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     """Compressed: the intermediates of a turn are mostly smooth floats."""
     write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+class WavWriter:
+    """A mono float32 WAV written as samples arrive, under `NAME.part` (a player can follow it) until
+    `close` renames it to its name, so the name only ever holds a whole file; `abort` removes it. Written
+    by Python's file I/O: a full disk is an OutputError, not a short file."""
+
+    def __init__(self, path: str | Path, sample_rate: int):
+        self.path = Path(path)
+        self.part = self.path.with_name(self.path.name + ".part")
+        self.samples = 0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.part, "wb")
+            self.file.write(self._header(sample_rate, 0xFFFFFFFF - 36))  # unknown length while streaming
+        except OSError as e:
+            raise OutputError(f"cannot write {self.part}: {os_reason(e)}") from None
+        self.sample_rate = sample_rate
+
+    @staticmethod
+    def _header(rate: int, data_bytes: int) -> bytes:
+        fmt = struct.pack("<HHIIHH", 3, 1, rate, 4 * rate, 4, 32)  # IEEE float, mono, 32 bits
+        return (b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVEfmt " + struct.pack("<I", 16) + fmt
+                + b"data" + struct.pack("<I", data_bytes))
+
+    def write(self, samples: np.ndarray) -> None:
+        try:
+            self.file.write(np.asarray(samples, "<f4").tobytes())
+            self.file.flush()
+        except OSError as e:
+            self.abort()
+            raise OutputError(f"cannot write {self.part}: {os_reason(e)}") from None
+        self.samples += len(samples)
+
+    def close(self) -> None:
+        try:
+            self.file.seek(0)
+            self.file.write(self._header(self.sample_rate, 4 * self.samples))
+            self.file.close()
+            os.chmod(self.part, 0o644)
+            os.replace(self.part, self.path)
+        except OSError as e:
+            self.abort()
+            raise OutputError(f"cannot write {self.path}: {os_reason(e)}") from None
+
+    def abort(self) -> None:
+        self.file.close()
+        if self.part.exists():
+            self.part.unlink()
 
 
 def written_by(path: Path) -> str | None:

@@ -21,21 +21,23 @@ from .frontend import MEL_FRAMES, N_MELS
 from .prompt import AUDIO_SLOT
 from .sampling import Sampling
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MANIFEST = "manifest.json"
 
 # Graph names and their fixed inputs and outputs: the exporter names the graphs with these, the runtime
-# feeds them. The backbone also takes and returns the KV cache, two tensors per layer (`kv_names`).
+# feeds them. The backbone and the token2latent field also take and return a KV cache, two tensors per
+# layer (`kv_names`): the LLM's conversation, the DiT's voice prompt and earlier chunks.
 GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "audio_encoder": (("mel",), ("hidden",)),
     "audio_adapter": (("hidden",), ("features",)),
     "embed_tokens": (("input_ids",), ("inputs_embeds",)),
     "backbone": (("inputs_embeds", "attention_mask", "position_ids"), ("logits",)),
-    "token2latent_codes": (("codes",), ("token_features",)),
-    "token2latent_field": (("x", "t", "token_features", "latent_cond", "speaker"), ("velocity",)),
+    "token2latent_codes": (("codes", "latent_cond"), ("conditioning",)),
+    "token2latent_time": (("t", "speaker"), ("modulation",)),
+    "token2latent_field": (("x", "conditioning", "modulation", "conv_context", "position"), ("velocity", "frames")),
     "vocoder": (("latents",), ("wav",)),
 }
-SPEECH_GRAPHS = ("token2latent_codes", "token2latent_field", "vocoder")  # not loaded in text mode
+SPEECH_GRAPHS = ("token2latent_codes", "token2latent_time", "token2latent_field", "vocoder")  # not in text mode
 
 
 def kv_names(prefix: str, num_layers: int) -> list[str]:
@@ -185,6 +187,18 @@ class Token2WavSpec:
     z_dim: int
     latent_mean: list[float]
     latent_var: list[float]
+    num_layers: int  # DiT blocks: the field's KV cache has two tensors per block
+    conv_context: int  # frames of left context the field's position conv reads
+    vocoder_context: int  # latent frames before an output frame that reach it (the causal convs)
+    vocoder_lookahead: int  # latent frames after an output frame that reach it (conv_pre, anti-aliasing)
+
+    @property
+    def past_names(self) -> list[str]:
+        return kv_names("past_key_values", self.num_layers)
+
+    @property
+    def present_names(self) -> list[str]:
+        return kv_names("present", self.num_layers)
 
 
 @dataclass
@@ -251,8 +265,9 @@ class Manifest:
             spec = self.graphs.get(graph)
             if spec is None:
                 raise ArtifactsError(f"manifest.json lists no {graph} graph; re-run `covo-edge export`")
-            if graph == "backbone":
-                inputs, outputs = (*inputs, *self.llm.past_names), (*outputs, *self.llm.present_names)
+            cache = {"backbone": self.llm, "token2latent_field": self.token2wav}.get(graph)
+            if cache is not None:
+                inputs, outputs = (*inputs, *cache.past_names), (*outputs, *cache.present_names)
             got = ([t.name for t in spec.inputs], [t.name for t in spec.outputs])
             if got != (list(inputs), list(outputs)):
                 raise ArtifactsError(f"manifest.json: the {graph} graph's inputs/outputs {got} are not the ones this "
@@ -272,7 +287,8 @@ class Manifest:
         llm, z = self.llm, self.token2wav.z_dim
         kv = [*llm.past_names, *llm.present_names]
         encoder_out = self.graphs["audio_encoder"].outputs[0].shape[2]
-        code_features = self.graphs["token2latent_codes"].outputs[0].shape[2]
+        conditioning = self.graphs["token2latent_codes"].outputs[0].shape[2]
+        modulation = self.graphs["token2latent_time"].outputs[0].shape[1]
         return [
             ("audio_encoder", "mel", 1, N_MELS, "the frontend's mel bins"),
             ("audio_encoder", "mel", 2, MEL_FRAMES, "the frontend's frames per window"),
@@ -283,8 +299,12 @@ class Manifest:
             ("backbone", "logits", 1, llm.vocab_size, "llm.vocab_size"),
             *[("backbone", n, 1, llm.num_kv_heads, "llm.num_kv_heads") for n in kv],
             *[("backbone", n, 3, llm.head_dim, "llm.head_dim") for n in kv],
-            ("token2latent_field", "token_features", 2, code_features, "the code features' width"),
-            *[("token2latent_field", n, 2, z, "token2wav.z_dim") for n in ("x", "latent_cond", "velocity")],
+            ("token2latent_codes", "latent_cond", 2, z, "token2wav.z_dim"),
+            ("token2latent_field", "conditioning", 2, conditioning, "the codes graph's conditioning width"),
+            ("token2latent_field", "frames", 2, conditioning, "the codes graph's conditioning width"),
+            ("token2latent_field", "conv_context", 1, self.token2wav.conv_context, "token2wav.conv_context"),
+            ("token2latent_field", "modulation", 1, modulation, "the time graph's modulation width"),
+            *[("token2latent_field", n, 2, z, "token2wav.z_dim") for n in ("x", "velocity")],
             ("vocoder", "latents", 1, z, "token2wav.z_dim"),
         ]
 

@@ -69,7 +69,7 @@ def manifest_voice(artifacts: Path, manifest: Manifest, name: str | None = None)
     if name not in manifest.voices:
         raise ArtifactsError(f"unknown voice {name!r}; available: {', '.join(manifest.voices)}")
     voice = Voice.load(Path(artifacts) / manifest.voices[name], name)
-    speaker = manifest.graphs["token2latent_field"].inputs[4].shape[1]
+    speaker = manifest.graphs["token2latent_time"].inputs[1].shape[1]
     if voice.prompt_latent.shape[1] != manifest.token2wav.z_dim or voice.speaker_embed.size != speaker:
         raise ArtifactsError(
             f"voice {name!r} has latents of width {voice.prompt_latent.shape[1]} and a speaker embedding of "
@@ -91,61 +91,143 @@ def torch_linspace(steps: int) -> np.ndarray:
     return np.where(i < steps // 2, i * step, 1.0 - (steps - 1 - i) * step).astype(np.float32)
 
 
+def midpoint_grid(steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed-grid midpoint ODE's interval widths [steps - 1] and the times of its evaluations
+    [2 (steps - 1)]: each interval's start and middle, in float32 as the reference computes them."""
+    times = torch_linspace(steps)
+    dt = times[1:] - times[:-1]
+    evaluations = np.stack([times[:-1], times[:-1] + np.float32(0.5) * dt], 1).reshape(-1)
+    return dt, evaluations
+
+
+class NoiseTape:
+    """x0 of a turn by frame position: the voice's fixed noise over its prompt frames, then frames drawn
+    from the turn's generator in order, as they are needed (or cut from a given array). Drawing in order
+    makes the noise of a frame the same whether the reply is vocoded whole or in chunks."""
+
+    def __init__(self, prompt: np.ndarray, rng: np.random.Generator | None = None, given: np.ndarray | None = None):
+        self.frames = np.asarray(given[0] if given is not None else prompt, np.float32)
+        self.rng = rng
+
+    def take(self, start: int, stop: int) -> np.ndarray:
+        """x0 of frames [start, stop) [stop - start, z]."""
+        missing = stop - len(self.frames)
+        if missing > 0:
+            if self.rng is None:
+                raise InputError(f"the given noise covers {len(self.frames)} frames, the reply needs {stop}")
+            drawn = self.rng.standard_normal((missing, self.frames.shape[1])).astype(np.float32)
+            self.frames = np.concatenate([self.frames, drawn])
+        return self.frames[start:stop]
+
+
+@dataclass
+class VoiceTables:
+    """What a voice fixes for every reply: the field's modulation at each ODE evaluation time [E, M] (the
+    time embedding, speaker conditioning and every block's adaLN vectors) and its prompt frames' noise."""
+
+    modulation: np.ndarray
+    noise: np.ndarray
+
+
 class Token2Wav:
-    """Vocodes audio codes in a voice: `vocode(latents(codes, voice, noise))`."""
+    """Audio codes in a voice -> 24 kHz speech: `vocode(latents(codes, voice, noise))` computes the reply
+    whole, as upstream does; `streaming.SpeechStream` computes it chunk by chunk."""
 
     def __init__(self, backend: Backend, manifest: Manifest):
         self.backend = backend
         cfg = manifest.token2wav
+        self.spec = cfg
         self.num_codes = manifest.num_audio_codes
-        self.steps = cfg.s_steps
         self.cfg_alpha = np.float32(cfg.cfg_alpha)
         self.factor = cfg.upsample_factor
         self.z = cfg.z_dim
         self.mean = np.asarray(cfg.latent_mean, np.float32)
         self.std = np.sqrt(np.asarray(cfg.latent_var, np.float32))
         self.dtype = np.float16 if manifest.dtype == "float16" else np.float32
+        self.dt, self.evaluations = midpoint_grid(cfg.s_steps)
+        field = {t.name: t for t in manifest.graphs["token2latent_field"].inputs}
+        heads, head_dim = field[cfg.past_names[0]].shape[1], field[cfg.past_names[0]].shape[3]
+        self.width = field["conditioning"].shape[2]
+        self.heads, self.head_dim = heads, head_dim
+        self.no_cache = {
+            "conv_context": np.zeros((2, cfg.conv_context, self.width), self.dtype),
+            "position": np.zeros(1, np.int64),
+            **{n: np.zeros((2, heads, 0, head_dim), self.dtype) for n in cfg.past_names},
+        }
+        self._tables: dict[str, VoiceTables] = {}
+        self.voice_caches: dict[tuple[str, int | None], tuple] = {}  # filled by streaming.voice_cache
+
+    def tables(self, voice: Voice) -> VoiceTables:
+        """The voice's modulation table and prompt noise, computed on first use."""
+        if voice.name not in self._tables:
+            t = self.evaluations.astype(self.dtype)
+            speaker = np.repeat(voice.speaker_embed[None].astype(self.dtype), len(t), 0)
+            modulation = self.backend.run("token2latent_time", {"t": t, "speaker": speaker}, host=["modulation"])
+            noise = np.random.default_rng(0).standard_normal((self.factor * len(voice.prompt_token), self.z))
+            self._tables[voice.name] = VoiceTables(modulation["modulation"], noise.astype(np.float32))
+        return self._tables[voice.name]
 
     def noise_shape(self, num_codes: int, voice: Voice) -> tuple[int, int, int]:
         return (1, self.factor * (len(voice.prompt_token) + num_codes), self.z)
 
+    def conditioning(self, voice: Voice, codes: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """The guidance pair's conditioning [2, stop - start, H] of frames [start, stop) of the sequence of
+        `codes` (the voice prompt's, then the reply's), computed over the codes that reach those frames
+        (the upsampler's kernel spans two codes each way) with the voice's latents as the prefix."""
+        c0, c1 = max(0, start // self.factor - 2), min(len(codes), -(-stop // self.factor) + 2)
+        f0, f1 = self.factor * c0, self.factor * c1
+        cond = np.zeros((1, f1 - f0, self.z), self.dtype)
+        prefix = voice.prompt_latent[f0 : min(f1, len(voice.prompt_latent))]
+        cond[0, : len(prefix)] = prefix
+        out = self.backend.run("token2latent_codes", {"codes": codes[None, c0:c1], "latent_cond": cond},
+                               host=["conditioning"])
+        return out["conditioning"][:, start - f0 : stop - f0]
+
+    def solve(self, modulation: np.ndarray, conditioning: np.ndarray, x0: np.ndarray,
+              cache: dict[int, dict[str, np.ndarray]] | None = None) -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
+        """The fixed-grid midpoint ODE from x0 [T, z] (t = 0) to latents (t = 1) of frames with the given
+        conditioning [2, T, H]: 2 evaluations per interval, each on the guidance pair as a batch of two,
+        v = c + (c - u) * cfg_alpha. `cache[k]` holds what evaluation k attends to besides the new frames
+        (KV cache, conv context, position); without it the frames are the whole sequence. Returns the
+        latents [T, z] and, with a cache, each evaluation's outputs (the new frames' keys and values)."""
+        x2 = np.empty((2, *x0.shape), self.dtype)
+        outputs: list[dict[str, np.ndarray]] = []
+        host = ["velocity"] if cache is None else ["velocity", "frames", *self.spec.present_names]
+        mod2 = np.repeat(modulation[:, None].astype(self.dtype), 2, 1)
+
+        def velocity(z: np.ndarray, k: int) -> np.ndarray:
+            x2[0], x2[1] = z, z
+            feeds = {"x": x2, "conditioning": conditioning, "modulation": mod2[k],
+                     **(self.no_cache if cache is None else cache[k])}
+            out = self.backend.run("token2latent_field", feeds, host=host)
+            if cache is not None:
+                outputs.append(out)
+            v = out["velocity"].astype(np.float32, copy=False)
+            return v[1] + (v[1] - v[0]) * self.cfg_alpha
+
+        z = x0.astype(np.float32)
+        for i, dt in enumerate(self.dt):
+            f0 = velocity(z, 2 * i)
+            z = z + dt * velocity(z + f0 * (np.float32(0.5) * dt), 2 * i + 1)
+        return z, outputs
+
+    def denormalise(self, z: np.ndarray) -> np.ndarray:
+        return self.mean + z * self.std
+
     def latents(self, codes: np.ndarray, voice: Voice, noise: np.ndarray) -> np.ndarray:
-        """Codes [N] -> de-normalised latents of the reply [1, T, z] (the voice prompt's prefix dropped)."""
+        """Codes [N] -> de-normalised latents of the reply [1, T, z], the whole reply at once (upstream's
+        computation; the voice prompt's frames are part of the sequence and dropped at the end)."""
         codes = check_codes(codes, self.num_codes)
         shape = self.noise_shape(len(codes), voice)
         noise = np.asarray(noise)
         if noise.shape != shape or noise.dtype.kind != "f" or not np.isfinite(noise).all():
             raise InputError(f"noise must be finite floats of shape {shape} for {len(codes)} codes in voice "
                              f"{voice.name!r}, got {noise.dtype} {noise.shape}")
-        tokens = np.concatenate([voice.prompt_token, codes])[None]
-        feats = self.backend.run("token2latent_codes", {"codes": tokens}, host=["token_features"])["token_features"]
-        frames, prefix = feats.shape[1], len(voice.prompt_latent)
-        cond = np.zeros((1, frames, self.z), self.dtype)
-        cond[0, :prefix] = voice.prompt_latent[:frames]
-        # The CFG pair is one batch of two; only x and t change between the 18 evaluations.
-        pair = {
-            "token_features": np.concatenate([np.zeros_like(feats), feats]),
-            "latent_cond": np.concatenate([cond, cond]),
-            "speaker": np.repeat(voice.speaker_embed[None].astype(self.dtype), 2, axis=0),
-        }
-        x2 = np.empty((2, frames, self.z), self.dtype)
-        t2 = np.empty(2, self.dtype)
-
-        def velocity(z: np.ndarray, t: np.float32) -> np.ndarray:
-            x2[0], x2[1] = z[0], z[0]
-            t2[:] = t
-            v = self.backend.run("token2latent_field", {"x": x2, "t": t2, **pair}, host=["velocity"])["velocity"]
-            v = v.astype(np.float32, copy=False)
-            return v[1:] + (v[1:] - v[:1]) * self.cfg_alpha
-
-        z = noise.astype(np.float32)
-        times = torch_linspace(self.steps)
-        for t0, t1 in zip(times[:-1], times[1:]):
-            dt = t1 - t0
-            half = np.float32(0.5) * dt
-            f0 = velocity(z, t0)
-            z = z + dt * velocity(z + f0 * half, t0 + half)
-        return self.mean + z[:, prefix:] * self.std
+        tokens = np.concatenate([voice.prompt_token, codes])
+        frames = self.factor * len(tokens)
+        conditioning = self.conditioning(voice, tokens, 0, frames)
+        z, _ = self.solve(self.tables(voice).modulation, conditioning, noise[0])
+        return self.denormalise(z[len(voice.prompt_latent) :])[None]
 
     def vocode(self, latents: np.ndarray) -> np.ndarray:
         """[1, T, z] -> 24 kHz float32 wav [240 * T]."""

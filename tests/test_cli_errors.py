@@ -160,7 +160,7 @@ def test_token2wav_output_is_a_directory(tiny_art, files, capsys):
         ("no_dir", "does not exist: pass a directory written by `covo-edge export`"),
         ("no_manifest", "has no manifest.json"),
         ("bad_json", "is not valid JSON"),
-        ("old_schema", "has schema version 1, this covo-edge reads 2: re-export"),
+        ("old_schema", "has schema version 1, this covo-edge reads 3: re-export"),
         ("no_tokenizer", "tokenizer.json: missing"),
         ("truncated", "backbone.onnx.data: 100 bytes, the manifest says"),
     ],

@@ -8,7 +8,7 @@ pytest.importorskip("tensorrt_rtx", reason="needs tensorrt-rtx-cu12 (the dev ext
 from covo_edge.engines.build import EngineError, build_engine  # noqa: E402
 from covo_edge.runtime.manifest import Manifest  # noqa: E402
 
-GRAPHS = ["audio_encoder", "audio_adapter", "embed_tokens", "backbone", "token2latent_codes",
+GRAPHS = ["audio_encoder", "audio_adapter", "embed_tokens", "backbone", "token2latent_codes", "token2latent_time",
           "token2latent_field", "vocoder"]
 
 

@@ -35,8 +35,8 @@ def close(ours, ref, rel=1e-4):
 
 
 def test_manifest_describes_every_graph(art, manifest, sessions):
-    assert set(manifest.graphs) == {"audio_encoder", "audio_adapter", "embed_tokens", "backbone",
-                                    "token2latent_codes", "token2latent_field", "vocoder"}
+    assert set(manifest.graphs) == {"audio_encoder", "audio_adapter", "embed_tokens", "backbone", "token2latent_codes",
+                                    "token2latent_time", "token2latent_field", "vocoder"}
     for name, g in manifest.graphs.items():
         s = sessions[name]
         assert [i.name for i in s.get_inputs()] == [t.name for t in g.inputs]
@@ -115,30 +115,47 @@ def test_backbone_batch_of_two_with_left_padding(manifest, sessions):
 
 
 def test_token2latent_graphs(tiny_chat, sessions):
+    """The vector field in three graphs (codes -> conditioning once per turn, time -> modulation once per
+    voice, the field per evaluation) gives the reference's velocity of both guidance rows."""
     t2l = tiny_chat.token2wav.token2latent
-    codes = np.array([[3, 16383, 0, 77, 5000]], np.int64)
-    feats = sessions["token2latent_codes"].run(None, {"codes": codes})[0]
-    with torch.no_grad():
-        close(feats, t2l.token_features(torch.from_numpy(codes)).numpy())
     rng = np.random.default_rng(2)
-    t = feats.shape[1]
-    x = rng.standard_normal((1, t, 64)).astype(np.float32)
+    codes = np.array([[3, 16383, 0, 77, 5000]], np.int64)
+    t = 4 * codes.shape[1]
     cond = rng.standard_normal((1, t, 64)).astype(np.float32)
+    x = rng.standard_normal((1, t, 64)).astype(np.float32)
     spk = tiny_chat.voice.speaker_embed[None]
-    field = sessions["token2latent_field"]
-    pair = field.run(None, {"x": np.concatenate([x, x]), "t": np.array([0.25, 0.25], np.float32),
-                            "token_features": np.concatenate([np.zeros_like(feats), feats]),
-                            "latent_cond": np.concatenate([cond, cond]), "speaker": np.concatenate([spk, spk])})[0]
-    single_cond = field.run(None, {"x": x, "t": np.array([0.25], np.float32), "token_features": feats,
-                                   "latent_cond": cond, "speaker": spk})[0]
-    single_uncond = field.run(None, {"x": x, "t": np.array([0.25], np.float32), "token_features": np.zeros_like(feats),
-                                     "latent_cond": cond, "speaker": spk})[0]
-    close(pair[1:], single_cond, 1e-5)
-    close(pair[:1], single_uncond, 1e-5)
+    conditioning = sessions["token2latent_codes"].run(None, {"codes": codes, "latent_cond": cond})[0]
+    modulation = sessions["token2latent_time"].run(None, {"t": np.array([0.25, 0.75], np.float32),
+                                                          "speaker": np.concatenate([spk, spk])})[0]
+    feeds = {"x": np.concatenate([x, x]), "conditioning": conditioning, "modulation": np.repeat(modulation[:1], 2, 0),
+             "conv_context": np.zeros((2, 15, 64), np.float32), "position": np.array([0]),
+             **{f"past_key_values.{i}.{p}": np.zeros((2, 4, 0, 16), np.float32) for i in range(2) for p in ("key", "value")}}
+    velocity = sessions["token2latent_field"].run(["velocity"], feeds)[0]
     with torch.no_grad():
-        ref = t2l.velocity(torch.from_numpy(x), torch.tensor([0.25]), torch.from_numpy(feats),
-                           torch.from_numpy(cond), torch.from_numpy(spk)).numpy()
-    close(single_cond, ref)
+        feats = t2l.token_features(torch.from_numpy(codes))
+        for row, tokens in enumerate((torch.zeros_like(feats), feats)):  # unconditional, then conditional
+            ref = t2l.velocity(torch.from_numpy(x), torch.tensor([0.25]), tokens, torch.from_numpy(cond),
+                               torch.from_numpy(spk)).numpy()
+            close(velocity[row : row + 1], ref)
+        close(modulation[1:], t2l.modulation(torch.tensor([0.75]), torch.from_numpy(spk)).numpy())
+
+
+def test_the_field_with_a_cache_matches_the_reference(tiny_chat, sessions):
+    """The streamed path of the field graph: new frames at a rotary offset, attending to cached keys and
+    values of earlier frames and reading the position conv's left context, as the reference computes it."""
+    t2l = tiny_chat.token2wav.token2latent
+    rng = np.random.default_rng(4)
+    f = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    past = [f(2, 4, 9, 16) for _ in range(4)]
+    inputs = (f(2, 6, 64), f(2, 6, 64), f(2, 896), f(2, 15, 64), np.array([9]))
+    names = ["x", "conditioning", "modulation", "conv_context", "position"]
+    kv = [f"past_key_values.{i}.{p}" for i in range(2) for p in ("key", "value")]
+    ours = sessions["token2latent_field"].run(None, {**dict(zip(names, inputs)), **dict(zip(kv, past))})
+    with torch.no_grad():
+        ref = t2l.field(*(torch.from_numpy(a) for a in inputs), tuple(torch.from_numpy(p) for p in past))
+    assert len(ours) == len(ref) == 2 + 4
+    for a, b in zip(ours, ref):
+        close(a, b.numpy())
 
 
 @pytest.mark.parametrize("frames", [1, 17, 60])
@@ -178,12 +195,16 @@ def _feeds(manifest, rng):
         "embed_tokens": {"input_ids": np.array([[151644, 9, 151666]], np.int64)},
         "backbone": dict(zip(bb_names, [rng.standard_normal((1, 4, h)).astype(np.float32), np.ones((1, 10), np.int64),
                                         np.arange(6, 10)[None], *past])),
-        "token2latent_codes": {"codes": np.array([[1, 2, 3, 16000]], np.int64)},
+        "token2latent_codes": {"codes": np.array([[1, 2, 3, 16000]], np.int64),
+                               "latent_cond": rng.standard_normal((1, 16, 64)).astype(np.float32)},
+        "token2latent_time": {"t": np.array([0.25, 0.5], np.float32), "speaker": rng.standard_normal((2, 64)).astype(np.float32)},
         "token2latent_field": {"x": rng.standard_normal((2, 16, 64)).astype(np.float32),
-                               "t": np.array([0.5, 0.5], np.float32),
-                               "token_features": rng.standard_normal((2, 16, 64)).astype(np.float32),
-                               "latent_cond": rng.standard_normal((2, 16, 64)).astype(np.float32),
-                               "speaker": rng.standard_normal((2, 64)).astype(np.float32)},
+                               "conditioning": rng.standard_normal((2, 16, 64)).astype(np.float32),
+                               "modulation": rng.standard_normal((2, 896)).astype(np.float32),
+                               "conv_context": rng.standard_normal((2, 15, 64)).astype(np.float32),
+                               "position": np.array([5]),
+                               **{f"past_key_values.{i}.{p}": rng.standard_normal((2, 4, 5, 16)).astype(np.float32)
+                                  for i in range(2) for p in ("key", "value")}},
         "vocoder": {"latents": rng.standard_normal((1, 64, 20)).astype(np.float32)},
     }
 
