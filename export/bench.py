@@ -101,7 +101,7 @@ def draw(result: dict, path: Path) -> None:
     ax.set_yticks(range(len(rows)), [r[0] for r in rows])
     ax.set_xlabel("seconds from the end of the question to the first playable audio")
     ax.set_title(f"Time to first audio (decode is {result['setup']['new_tokens']} tokens for the whole-reply rows)")
-    ax.legend(ncol=7, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    ax.legend(ncol=4, fontsize=8, loc="upper right")
 
     def bars(ax, labels, values, unit, title, line=None):
         ax.bar(labels, values, color=COLOURS[: len(values)])
@@ -129,11 +129,12 @@ def draw(result: dict, path: Path) -> None:
         cellText=[[d["device"], f"{d['time_to_first_audio_s']:.2f}", f"{d['decode_ms_per_token']['fp16']:.1f}",
                    f"{d['decode_ms_per_token']['int4']:.1f}", f"{d['turn_rtf']['fp16']:.2f}", f"{d['turn_rtf']['int4']:.2f}"]
                   for d in devices],
-        colLabels=["device", "first audio (s)", "ms/token fp16", "ms/token int4", "turn RTF fp16", "turn RTF int4"],
+        colLabels=["device", "first audio", "ms/token\nfp16", "ms/token\nint4", "turn RTF\nfp16", "turn RTF\nint4"],
         loc="center")
     table.auto_set_font_size(False)
     table.set_fontsize(9)
-    table.scale(1, 2)
+    table.auto_set_column_width(list(range(6)))
+    table.scale(1, 2.2)
     ax.set_title("Projection (paper, full-size model, roofline): not measured")
     fig.suptitle(f"covo-edge bench: {result['setup']['artifacts']} ({result['setup']['dtype']})")
     suffix = path.suffix.lower().lstrip(".") or "png"

@@ -54,10 +54,11 @@ def measure(artifacts: str, question: str, forced: list[int], seed: int = 0) -> 
     frames = t2w.noise_shape(len(codes), voice)[1]
     noise = NoiseTape(t2w.tables(voice).noise, np.random.default_rng(seed)).take(0, frames)[None]
     system_prompt_tokens = assistant.context_length  # cached once per process
-    assistant.reply(wav, rate, debug=Debug(force_tokens=forced_ids[:20]))  # warm-up, not counted
+    for _ in assistant.stream(wav, rate, debug=Debug(force_tokens=forced_ids)):  # warm-up, every shape once
+        pass
 
     turns = {}
-    for mode in ("streaming", "exact"):
+    for mode in ("exact", "streaming"):
         assistant.reset()
         dump: dict[str, np.ndarray] = {}
         t0 = time.perf_counter()

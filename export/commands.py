@@ -40,6 +40,13 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_kv(args: argparse.Namespace) -> int:
+    from .bench_kv import run_bench_kv
+
+    run_bench_kv(args.history)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("make-tiny", help="write a random-weight release of the exact architecture (export extra)")
     t.add_argument("out_dir")
@@ -68,6 +75,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--json", help="also write the results here")
     b.add_argument("--chart", help="draw them here (.png or .svg)")
     b.set_defaults(run=_bench, extra="export")
+
+    k = sub.add_parser("bench-kv", help="does a KV cache updated in place pay on ONNX Runtime CPU? (export extra)")
+    k.add_argument("--history", type=int_at_least(0), nargs="+", default=[2048, 6144], help="history lengths, tokens")
+    k.set_defaults(run=_bench_kv, extra="export")
 
     d = sub.add_parser("demo", help="answer one spoken question with the PyTorch reference (export extra)")
     d.add_argument("--model-dir", required=True, help="release directory (e.g. from make-tiny)")

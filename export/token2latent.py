@@ -186,7 +186,7 @@ class Token2Latent(nn.Module):
         return self.output_layer(h, c)
 
     # The vector field in three parts, so that what does not change between evaluations is computed once
-    # (DESIGN.md, "token2wav"): `modulation` depends on the time and the voice only (a table of the 18
+    # (DESIGN.md, "Streaming speech"): `modulation` depends on the time and the voice only (a table of the 18
     # evaluation times per voice), `conditioning` on the codes and the latent prefix only (once per turn
     # or chunk), `field` on the noisy state, optionally with a KV cache of earlier frames (streaming).
 

@@ -152,14 +152,10 @@ class PromptSpec:
         return template.replace("{system}", self.system).replace("{audio}", AUDIO_SLOT * n_slots)
 
 
-@dataclass
-class LLMSpec:
+class _KVCacheNames:
+    """The names of a graph's KV cache tensors, two per layer (`num_layers`)."""
+
     num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    hidden_size: int
-    vocab_size: int
-    max_context: int
 
     @property
     def past_names(self) -> list[str]:
@@ -171,6 +167,16 @@ class LLMSpec:
 
 
 @dataclass
+class LLMSpec(_KVCacheNames):
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+    max_context: int
+
+
+@dataclass
 class SamplingSpec:
     first_turn: Sampling
     later_turns: Sampling
@@ -178,7 +184,7 @@ class SamplingSpec:
 
 
 @dataclass
-class Token2WavSpec:
+class Token2WavSpec(_KVCacheNames):
     s_steps: int
     cfg_alpha: float
     upsample_factor: int  # latent frames per code
@@ -191,14 +197,6 @@ class Token2WavSpec:
     conv_context: int  # frames of left context the field's position conv reads
     vocoder_context: int  # latent frames before an output frame that reach it (the causal convs)
     vocoder_lookahead: int  # latent frames after an output frame that reach it (conv_pre, anti-aliasing)
-
-    @property
-    def past_names(self) -> list[str]:
-        return kv_names("past_key_values", self.num_layers)
-
-    @property
-    def present_names(self) -> list[str]:
-        return kv_names("present", self.num_layers)
 
 
 @dataclass

@@ -21,10 +21,10 @@ from .token2wav import NoiseTape, Token2Wav, Voice
 class Streaming:
     """The chunk schedule, in audio codes (4 latent frames, 40 ms of speech each)."""
 
-    first_chunk: int = 10  # codes in the first chunk: the first audio waits for these (plus the look-ahead)
+    first_chunk: int = 6  # codes in the first chunk: the first audio waits for these (plus the look-ahead)
     max_chunk: int = 40  # chunks double up to this
-    lookahead: int = 3  # codes past a chunk computed with it (and again with the next chunk)
-    prompt_frames: int | None = 256  # voice prompt frames the chunks attend to (None: all of them)
+    lookahead: int = 2  # codes past a chunk computed with it (and again with the next chunk)
+    prompt_frames: int | None = 512  # voice prompt frames the chunks attend to (None: all of them)
     history_frames: int | None = 512  # earlier reply frames the chunks attend to (None: all of them)
 
 
