@@ -8,6 +8,7 @@ random model rarely emits audio codes on its own.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -138,8 +139,6 @@ def draw(result: dict, path: Path) -> None:
     ax.set_title("Projection (paper, full-size model, roofline): not measured")
     fig.suptitle(f"covo-edge bench: {result['setup']['artifacts']} ({result['setup']['dtype']})")
     suffix = path.suffix.lower().lstrip(".") or "png"
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format=suffix, dpi=110)
     plt.close(fig)

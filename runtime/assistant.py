@@ -36,6 +36,7 @@ Mode = Literal["speech", "text"]
 MODES: tuple[str, ...] = get_args(Mode)
 Token2WavMode = Literal["exact", "streaming"]
 TOKEN2WAV_MODES: tuple[str, ...] = get_args(Token2WavMode)
+_NO_AUDIO = np.zeros(0, np.float32)  # a decode step that completed no chunk
 
 
 @dataclass
@@ -83,7 +84,8 @@ class Debug:
             self.dump["step_logits"] = logits
             return
         k = min(int(self.step_logits), logits.shape[1])
-        top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+        top = np.argpartition(-logits, k - 1, axis=1)[:, :k]  # the k best, then in order: no full sort of V
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(logits, top, 1), axis=1, kind="stable"), 1)
         self.dump.update(step_top_ids=top, step_top_logits=np.take_along_axis(logits, top, 1))
 
 
@@ -171,8 +173,10 @@ class Assistant:
         self._present_names = manifest.llm.present_names
         self._ones = np.ones((1, self.max_context), np.int64)  # attention mask: a view per step
         backend.prepare([g for g in GRAPH_IO if mode == "speech" or g not in SPEECH_GRAPHS])
-        if self._token2wav is not None:  # the voice's tables and cache, so that no turn waits for them
-            voice_cache(self._token2wav, voice, streaming.prompt_frames)
+        # The voice's tables and cache for streamed speech, so that no turn waits for them.
+        self._voice_cache = None
+        if self._token2wav is not None:
+            self._voice_cache = voice_cache(self._token2wav, voice, streaming.prompt_frames)
         self._prefix = self._system_prompt()
         self.reset()
 
@@ -392,25 +396,27 @@ class Assistant:
         if self._token2wav is None:
             return None
         tape = NoiseTape(self._token2wav.tables(self.voice).noise, noise_rng, debug.noise)
-        return _Speaker(self._token2wav, self.voice, tape, self.streaming if mode == "streaming" else None, debug)
+        stream = None
+        if mode == "streaming":
+            stream = SpeechStream(self._token2wav, self.voice, tape, self.streaming, self._voice_cache)
+        return _Speaker(self._token2wav, self.voice, tape, stream, debug)
 
 
 class _Speaker:
     """Stage 4, speak: audio codes -> latents (token2wav) -> 24 kHz samples (vocoder). Streaming, it takes the
     codes as they decode and returns samples chunk by chunk; exact, it speaks the whole reply at the end."""
 
-    def __init__(self, t2w: Token2Wav, voice: Voice, noise: NoiseTape, streaming: Streaming | None, debug: Debug):
-        self.t2w, self.voice, self.noise, self.debug = t2w, voice, noise, debug
-        self.stream = SpeechStream(t2w, voice, noise, streaming) if streaming is not None else None
+    def __init__(self, t2w: Token2Wav, voice: Voice, noise: NoiseTape, stream: SpeechStream | None, debug: Debug):
+        self.t2w, self.voice, self.noise, self.stream, self.debug = t2w, voice, noise, stream, debug
         self.vocoder = VocoderStream(t2w)
         self.latents: list[np.ndarray] = []
 
     def push(self, code: int, clock: _Clock) -> np.ndarray:
         """New samples once a chunk's codes (and look-ahead) are in; none otherwise."""
         if self.stream is None:
-            return np.zeros(0, np.float32)
+            return _NO_AUDIO
         self.stream.push(code)
-        return self._chunk(clock, final=False) if self.stream.ready() else np.zeros(0, np.float32)
+        return self._chunk(clock, final=False) if self.stream.ready() else _NO_AUDIO
 
     def finish(self, codes: np.ndarray, clock: _Clock) -> np.ndarray:
         """The samples not yet returned, the reply's codes all in."""

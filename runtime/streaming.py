@@ -39,6 +39,7 @@ class FieldCache:
     context: list[np.ndarray]  # [evaluation] -> [2, conv_context, H]
     position: int = 0
     names: list[str] = field(default_factory=list)  # the field's past_key_values.* inputs
+    fixed: int = 0  # the first frames, never dropped (the voice prompt's)
 
     @classmethod
     def empty(cls, t2w: Token2Wav) -> FieldCache:
@@ -47,16 +48,17 @@ class FieldCache:
                    [t2w.no_cache["conv_context"]] * n, 0, t2w.spec.past_names)
 
     def copy(self) -> FieldCache:
-        return FieldCache([list(p) for p in self.past], list(self.context), self.position, self.names)
+        return FieldCache([list(p) for p in self.past], list(self.context), self.position, self.names, self.fixed)
 
     def feeds(self, k: int) -> dict[str, np.ndarray]:
         return {"conv_context": self.context[k], "position": np.array([self.position], np.int64),
                 **dict(zip(self.names, self.past[k]))}
 
-    def append(self, outputs: list[dict[str, np.ndarray]], keep: int, present: list[str], fixed: int = 0,
+    def append(self, outputs: list[dict[str, np.ndarray]], keep: int, present: list[str],
                history: int | None = None) -> None:
         """Add the first `keep` new frames of every evaluation; beyond `fixed + history` frames, drop the
         oldest after the first `fixed` (the voice prompt stays; positions keep counting)."""
+        fixed = self.fixed
         for k, out in enumerate(outputs):
             past = [np.concatenate([p, out[name][:, :, :keep]], 2) for p, name in zip(self.past[k], present)]
             if history is not None and past[0].shape[2] > fixed + history:
@@ -70,13 +72,12 @@ class FieldCache:
 class SpeechStream:
     """Codes in as they decode, de-normalised latents out chunk by chunk. Each chunk runs the whole ODE over
     its own frames plus a few codes of look-ahead, attending to the voice cache (the last prompt frames,
-    computed once per voice) and to the chunks before it; frames once emitted never change."""
+    computed once per voice by `voice_cache`) and to the chunks before it; frames once emitted never change."""
 
-    def __init__(self, t2w: Token2Wav, voice: Voice, noise: NoiseTape, settings: Streaming = Streaming()):
+    def __init__(self, t2w: Token2Wav, voice: Voice, noise: NoiseTape, settings: Streaming, cache: FieldCache):
         self.t2w, self.voice, self.noise, self.settings = t2w, voice, noise, settings
         self.modulation = t2w.tables(voice).modulation
-        self.cache, self.fixed = voice_cache(t2w, voice, settings.prompt_frames)
-        self.cache = self.cache.copy()
+        self.cache = cache.copy()
         self.codes = list(voice.prompt_token)
         self.start = t2w.factor * len(voice.prompt_token)  # the next chunk's first frame
         self.prefix = len(voice.prompt_latent)  # frames before this are the prompt's: computed, not emitted
@@ -102,31 +103,26 @@ class SpeechStream:
         conditioning = self.t2w.conditioning(self.voice, codes, self.start, stop)
         z, outputs = self.t2w.solve(self.modulation, conditioning, self.noise.take(self.start, stop),
                                     {k: self.cache.feeds(k) for k in range(len(self.modulation))})
-        self.cache.append(outputs, end - self.start, self.t2w.spec.present_names, self.fixed,
-                          self.settings.history_frames)
+        self.cache.append(outputs, end - self.start, self.t2w.spec.present_names, self.settings.history_frames)
         first = max(self.start, self.prefix)
         latents = z[first - self.start : end - self.start]
         self.start, self.chunk = end, min(2 * self.chunk, self.settings.max_chunk)
         return self.t2w.denormalise(latents)
 
 
-def voice_cache(t2w: Token2Wav, voice: Voice, frames: int | None) -> tuple[FieldCache, int]:
+def voice_cache(t2w: Token2Wav, voice: Voice, frames: int | None) -> FieldCache:
     """The last `frames` frames of the voice prompt (all with None) run through the ODE on their own, their
-    keys, values and conv context kept per evaluation: (the cache, its frame count). Computed once per
-    voice and window, then shared."""
-    key = (voice.name, frames)
-    cached = t2w.voice_caches.get(key)
-    if cached is None:
-        stop = t2w.factor * len(voice.prompt_token)
-        start = 0 if frames is None else max(0, stop - frames)
-        codes = np.asarray(voice.prompt_token, np.int64)
-        tables = t2w.tables(voice)
-        cache = FieldCache.empty(t2w)
-        _, outputs = t2w.solve(tables.modulation, t2w.conditioning(voice, codes, start, stop),
-                               tables.noise[start:stop], {k: cache.feeds(k) for k in range(len(tables.modulation))})
-        cache.append(outputs, stop - start, t2w.spec.present_names)
-        cached = t2w.voice_caches[key] = (cache, stop - start)
-    return cached
+    keys, values and conv context kept per evaluation: the cache every stream of this voice starts from
+    (compute it once, at load; streams copy it)."""
+    stop = t2w.factor * len(voice.prompt_token)
+    start = 0 if frames is None else max(0, stop - frames)
+    tables = t2w.tables(voice)
+    cache = FieldCache.empty(t2w)
+    _, outputs = t2w.solve(tables.modulation, t2w.conditioning(voice, np.asarray(voice.prompt_token), start, stop),
+                           tables.noise[start:stop], {k: cache.feeds(k) for k in range(len(tables.modulation))})
+    cache.append(outputs, stop - start, t2w.spec.present_names)
+    cache.fixed = stop - start
+    return cache
 
 
 class VocoderStream:

@@ -147,15 +147,12 @@ class Token2Wav:
         self.dt, self.evaluations = midpoint_grid(cfg.s_steps)
         field = {t.name: t for t in manifest.graphs["token2latent_field"].inputs}
         heads, head_dim = field[cfg.past_names[0]].shape[1], field[cfg.past_names[0]].shape[3]
-        self.width = field["conditioning"].shape[2]
-        self.heads, self.head_dim = heads, head_dim
-        self.no_cache = {
-            "conv_context": np.zeros((2, cfg.conv_context, self.width), self.dtype),
+        self.no_cache = {  # the field's cache inputs when the frames are the whole sequence
+            "conv_context": np.zeros((2, cfg.conv_context, field["conditioning"].shape[2]), self.dtype),
             "position": np.zeros(1, np.int64),
             **{n: np.zeros((2, heads, 0, head_dim), self.dtype) for n in cfg.past_names},
         }
         self._tables: dict[str, VoiceTables] = {}
-        self.voice_caches: dict[tuple[str, int | None], tuple] = {}  # filled by streaming.voice_cache
 
     def tables(self, voice: Voice) -> VoiceTables:
         """The voice's modulation table and prompt noise, computed on first use."""

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from covo_edge.runtime import Assistant, Debug, Token2Wav
-from covo_edge.runtime.streaming import SpeechStream, Streaming, VocoderStream, deviation
+from covo_edge.runtime.streaming import SpeechStream, Streaming, VocoderStream, deviation, voice_cache
 from covo_edge.runtime.synthetic import synthetic_utterance
 from covo_edge.runtime.token2wav import NoiseTape
 
@@ -32,7 +32,8 @@ def codes_and_noise(t2w, voice, n, seed=0):
 
 
 def streamed(t2w, voice, codes, noise, settings):
-    s = SpeechStream(t2w, voice, NoiseTape(t2w.tables(voice).noise, given=noise), settings)
+    cache = voice_cache(t2w, voice, settings.prompt_frames)
+    s = SpeechStream(t2w, voice, NoiseTape(t2w.tables(voice).noise, given=noise), settings, cache)
     chunks = []
     for c in codes:
         s.push(c)
