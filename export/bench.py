@@ -44,7 +44,8 @@ def _side(module: str, *args: str) -> dict:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def bench(model_dir: str, artifacts: str, question: str | None = None, new_tokens: int = 100) -> dict:
+def bench(model_dir: str, artifacts: str, question: str | None = None, new_tokens: int = 100,
+          compare: list[str] = ()) -> dict:
     manifest = Manifest.load(artifacts)
     forced = interleave(new_tokens, manifest.tokenizer.audio_code_offset, manifest.num_audio_codes)
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,6 +54,8 @@ def bench(model_dir: str, artifacts: str, question: str | None = None, new_token
             write_wav(question, synthetic_utterance(QUESTION_SECONDS, 16000), 16000)
         runtime = _side("bench_runtime", artifacts, question, json.dumps(forced))
         reference = _side("bench_reference", model_dir, question, json.dumps(forced))
+        precision = _side("bench_precision", json.dumps([artifacts, *compare]), question,
+                          json.dumps(forced)) if compare else None
     s = runtime["streaming"]
     codes_seen = np.cumsum(np.asarray(forced) >= manifest.tokenizer.audio_code_offset)
     steps_to_first_audio = int(np.searchsorted(codes_seen, s["first_chunk"] + s["lookahead"]) + 1)
@@ -67,6 +70,7 @@ def bench(model_dir: str, artifacts: str, question: str | None = None, new_token
                   "interleave": "5 text ids, then 15 audio codes, repeated (forced on both sides)"},
         "runtime": runtime,
         "reference": reference,
+        **({"precision_decode": precision} if precision else {}),
         "gpu_projection": {
             "note": "paper projection of the full-size model (FLOPs and weight bytes counted on the meta device, "
                     "roofline on each device's peak), not a measurement",
@@ -85,8 +89,9 @@ def draw(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rt, ref = result["runtime"], result["reference"]
-    fig = plt.figure(figsize=(13, 10), constrained_layout=True)
-    grid = fig.add_gridspec(3, 2)
+    rows_of_panels = 4 if "precision_decode" in result else 3
+    fig = plt.figure(figsize=(13, 3.4 * rows_of_panels), constrained_layout=True)
+    grid = fig.add_gridspec(rows_of_panels, 2)
     ax = fig.add_subplot(grid[0, :])
     rows = [("reference (whole reply)", ref["stages_ms"]["exact"]), ("runtime, exact", rt["stages_ms"]["exact"]),
             ("runtime, streaming", rt["first_audio_breakdown_ms"])]
@@ -137,6 +142,20 @@ def draw(result: dict, path: Path) -> None:
     table.auto_set_column_width(list(range(6)))
     table.scale(1, 2.2)
     ax.set_title("Projection (paper, full-size model, roofline): not measured")
+    if "precision_decode" in result:
+        rows = result["precision_decode"]["rows"]
+        ax = fig.add_subplot(grid[3, :])
+        x = np.arange(len(rows))
+        ax.bar(x - 0.2, [r["decode_ms_per_token"] for r in rows], 0.4, color=COLOURS[0], label="measured")
+        ax.bar(x + 0.2, [r["read_floor_ms_per_token"] for r in rows], 0.4, color=COLOURS[3], label="weight-read floor")
+        for i, r in enumerate(rows):
+            ax.text(i - 0.2, r["decode_ms_per_token"], f"{r['decode_ms_per_token']:.1f}\n{r['vs_first']:.2f}x",
+                    ha="center", va="bottom", fontsize=8)
+        ax.set_ylim(0, 1.25 * max(r["decode_ms_per_token"] for r in rows))
+        ax.set_xticks(x, [r["precision"] for r in rows], fontsize=8)
+        ax.set_ylabel("ms/token")
+        ax.legend(fontsize=8)
+        ax.set_title("Decode on ONNX Runtime CPU by precision, side by side in one run (ratio to the first)")
     fig.suptitle(f"covo-edge bench: {result['setup']['artifacts']} ({result['setup']['dtype']})")
     suffix = path.suffix.lower().lstrip(".") or "png"
     buf = io.BytesIO()
@@ -146,11 +165,13 @@ def draw(result: dict, path: Path) -> None:
 
 
 def run_bench(model_dir: str, artifacts: str, question: str | None, new_tokens: int, json_out: str | None,
-              chart: str | None) -> None:
+              chart: str | None, compare: list[str] = ()) -> None:
     for path, option in ((json_out, "--json"), (chart, "--chart")):
         if path:
             check_output_file(path, option)
-    result = bench(model_dir, artifacts, question, new_tokens)
+    for other in compare:
+        Manifest.load(other)  # a bad directory fails now, not after the long measurements
+    result = bench(model_dir, artifacts, question, new_tokens, compare)
     text = json.dumps(result, indent=2)
     print(text)
     if json_out:

@@ -43,6 +43,11 @@ def read_bandwidth_gbs(megabytes: int = 512, repeats: int = 10) -> float:
     return w.nbytes / best / 1e9
 
 
+def backbone_bytes(artifacts: str) -> int:
+    """What a decode step reads: the backbone's weights (its graph and external data), the LM head included."""
+    return sum(f.stat().st_size for f in Path(artifacts).glob("backbone.onnx*"))
+
+
 def measure(artifacts: str, question: str, forced: list[int], seed: int = 0) -> dict:
     assistant = Assistant.load(artifacts)
     wav, rate = load_audio(question)
@@ -78,7 +83,7 @@ def measure(artifacts: str, question: str, forced: list[int], seed: int = 0) -> 
 
     speech_s = e["speech_s"]
     peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # before the bandwidth probe's matrix
-    weights = sum(f.stat().st_size for f in Path(artifacts).glob("backbone.onnx*"))
+    weights = backbone_bytes(artifacts)
     bandwidth = read_bandwidth_gbs()
     int4_bytes = weights / 4 * (0.5 + 2 / 32)  # 4-bit weights and a fp16 scale per block of 32
 

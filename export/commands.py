@@ -36,7 +36,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
-    run_bench(args.model_dir, args.artifacts, args.input, args.new_tokens, args.json, args.chart)
+    run_bench(args.model_dir, args.artifacts, args.input, args.new_tokens, args.json, args.chart, args.compare or [])
     return 0
 
 
@@ -74,6 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="forced reply length: 5 text ids, then 15 audio codes, repeated")
     b.add_argument("--json", help="also write the results here")
     b.add_argument("--chart", help="draw them here (.png or .svg)")
+    b.add_argument("--compare", action="append", metavar="ART",
+                   help="other artifacts of the same model (fp16, `covo-edge quantize` output) whose decode speed is "
+                        "measured beside --artifacts' in the same run (repeatable)")
     b.set_defaults(run=_bench, extra="export")
 
     k = sub.add_parser("bench-kv", help="does a KV cache updated in place pay on ONNX Runtime CPU? (export extra)")

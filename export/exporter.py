@@ -26,8 +26,8 @@ from tqdm import tqdm
 from covo_edge.runtime.errors import OptionError
 from covo_edge.runtime.files import staged_directory
 from covo_edge.runtime.manifest import (
-    SCHEMA_VERSION, FileSpec, GraphSpec, LLMSpec, Manifest, PromptSpec, SamplingSpec, SourceSpec, TensorSpec,
-    TokenizerSpec, Token2WavSpec, sha256,
+    SCHEMA_VERSION, GraphSpec, LLMSpec, Manifest, PromptSpec, SamplingSpec, SourceSpec, TensorSpec,
+    TokenizerSpec, Token2WavSpec, file_specs, sha256,
 )
 from covo_edge.runtime.prompt import SYSTEM_PROMPT, turn_template
 from covo_edge.runtime.sampling import FIRST_TURN, LATER_TURNS
@@ -158,7 +158,6 @@ def _manifest(release: Release, model, t2w, vocoder_reach: tuple[int, int], voic
     if config.num_audio_codes != cfg.dit.token_vocab_size:
         raise ReleaseError(f"the LLM has {config.num_audio_codes} audio code ids but token2wav embeds "
                            f"{cfg.dit.token_vocab_size}: config.json and token2wav/config.json are from different models")
-    files = sorted(p for p in out.rglob("*") if p.is_file())
     return Manifest(
         schema_version=SCHEMA_VERSION,
         dtype={torch.float32: "float32", torch.float16: "float16"}[torch_dtype],
@@ -169,7 +168,7 @@ def _manifest(release: Release, model, t2w, vocoder_reach: tuple[int, int], voic
             onnx_opset=OPSET,
         ),
         graphs=specs,
-        files={p.relative_to(out).as_posix(): FileSpec(bytes=p.stat().st_size, sha256=sha256(p)) for p in files},
+        files=file_specs(out),
         tokenizer=TokenizerSpec(files=[f for f in TOKENIZER_FILES if (out / f).is_file()], ids=ids,
                                 audio_code_offset=config.audio_token_index),
         prompt=PromptSpec(system=SYSTEM_PROMPT, first_turn=turn_template(True), later_turn=turn_template(False)),

@@ -9,7 +9,8 @@ calibration side). The public API:
 from .assistant import MODES, Assistant, Chunk, Debug, Mode, Reply
 from .backends import BACKENDS, DEVICES, Backend, BackendName, Device
 from .errors import (
-    ArtifactsError, AudioError, CodesError, ContextFullError, CovoEdgeError, InputError, OptionError, OutputError,
+    ArtifactsError, AudioError, CodesError, ContextFullError, CovoEdgeError, DeviceError, InputError, OptionError,
+    OutputError,
 )
 from .manifest import Manifest
 from .sampling import Sampling
@@ -18,5 +19,5 @@ from .token2wav import Token2Wav, Voice
 __all__ = [
     "Assistant", "Reply", "Chunk", "Debug", "Mode", "MODES", "Backend", "BackendName", "BACKENDS", "Device", "DEVICES",
     "Sampling", "Voice", "Token2Wav", "Manifest", "CovoEdgeError", "ArtifactsError", "AudioError", "CodesError",
-    "ContextFullError", "InputError", "OptionError", "OutputError",
+    "ContextFullError", "DeviceError", "InputError", "OptionError", "OutputError",
 ]

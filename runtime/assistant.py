@@ -182,16 +182,19 @@ class Assistant:
 
     @classmethod
     def load(cls, artifacts: str | Path, backend: BackendName = "onnxruntime", device: Device = "cpu",
-             mode: Mode = "speech", voice: str | None = None, streaming: Streaming = Streaming()) -> Assistant:
+             mode: Mode = "speech", voice: str | None = None, streaming: Streaming = Streaming(),
+             engines: str | Path | None = None) -> Assistant:
         """Open an artifacts directory written by `covo-edge export`: the manifest and every graph the mode
         needs are checked and loaded now, and the voice's cache for streamed speech computed, so the first
-        turn pays for none of it. `streaming` sets the chunk schedule of streamed speech."""
+        turn pays for none of it. `streaming` sets the chunk schedule of streamed speech; `engines` is the
+        folder `covo-edge build` wrote, for backend="tensorrt"."""
         if mode not in MODES:
             raise OptionError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         artifacts = Path(artifacts)
         manifest = Manifest.load(artifacts)
         chosen = manifest_voice(artifacts, manifest, voice) if mode == "speech" else None
-        return cls(artifacts, manifest, load_backend(backend, artifacts, manifest, device), mode, chosen, streaming)
+        return cls(artifacts, manifest, load_backend(backend, artifacts, manifest, device, engines), mode, chosen,
+                   streaming)
 
     @property
     def max_context(self) -> int:

@@ -29,7 +29,8 @@ def read_noise(path: str, z_dim: int) -> np.ndarray:
 def chat(artifacts: str, inputs: list[str], output_dir: str, *, mode: str = "speech", greedy: bool | None = None,
          seed: int | None = None, max_new_tokens: int | None = None, force_tokens: list[str] | None = None,
          noise: list[str] | None = None, dump: str | None = None, dump_logits: int | str = 0,
-         voice: str | None = None, stream: bool = False, backend: str = "onnxruntime", device: str = "cpu") -> int:
+         voice: str | None = None, stream: bool = False, backend: str = "onnxruntime", device: str = "cpu",
+         engines: str | None = None) -> int:
     """One turn per input on one conversation; prints a line per turn (the text cut to fit a screen) and its
     timings, writes turn_N.txt (the whole text) and turn_N.wav: whole at the end (exact token2wav), or with
     `stream` chunk by chunk as the reply decodes (streaming token2wav; turn_N.wav.part grows, then is
@@ -44,7 +45,7 @@ def chat(artifacts: str, inputs: list[str], output_dir: str, *, mode: str = "spe
     manifest = Manifest.load(artifacts)
     forced = [check_tokens(read_npy(p, "forced tokens"), manifest.llm.vocab_size, p) for p in force_tokens or []]
     noises = [read_noise(p, manifest.token2wav.z_dim) for p in noise or []]
-    assistant = Assistant.load(artifacts, backend=backend, device=device, mode=mode, voice=voice)
+    assistant = Assistant.load(artifacts, backend=backend, device=device, mode=mode, voice=voice, engines=engines)
     dumps: dict[str, np.ndarray] = {}
     silent_turns = 0
     for n, (wav, rate) in enumerate(questions):
@@ -95,7 +96,7 @@ def _stream_turn(assistant: Assistant, wav: np.ndarray, rate: int, path: Path, o
 
 
 def token2wav(artifacts: str, codes: str, output: str, noise: str | None = None, voice: str | None = None,
-              seed: int = 0, backend: str = "onnxruntime", device: str = "cpu") -> int:
+              seed: int = 0, backend: str = "onnxruntime", device: str = "cpu", engines: str | None = None) -> int:
     """Vocode the audio codes of a .npy file in a voice of the artifacts."""
     check_output_file(output, "-o")
     root = Path(artifacts)
@@ -103,7 +104,7 @@ def token2wav(artifacts: str, codes: str, output: str, noise: str | None = None,
     c = check_codes(read_npy(codes, "audio codes"), manifest.num_audio_codes, codes)
     x0 = read_noise(noise, manifest.token2wav.z_dim) if noise else None
     v = manifest_voice(root, manifest, voice)
-    speech_backend = load_backend(backend, root, manifest, device)
+    speech_backend = load_backend(backend, root, manifest, device, engines)
     speech_backend.prepare(SPEECH_GRAPHS)
     t2w = Token2Wav(speech_backend, manifest)
     if x0 is None:

@@ -25,10 +25,11 @@ class Finding:
     detail: str  # one line
 
 
-def smallest_feeds(spec: GraphSpec, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """Inputs at the first profile's minimum dims (consistent by construction: past + new = total).
-    Ids, codes and positions are 0, the attention mask 1, floats small noise."""
-    dims = {name: lo for name, (lo, _, _) in spec.profiles[0].items()}
+def profile_feeds(spec: GraphSpec, rng: np.random.Generator, profile: int = 0,
+                  corner: int = 0) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Inputs at one corner (0 min, 1 opt, 2 max) of one engine profile's dims (consistent by construction:
+    past + new = total). Ids, codes and positions are 0, the attention mask 1, floats small noise."""
+    dims = {name: values[corner] for name, values in spec.profiles[profile].items()}
     feeds = {}
     for t in spec.inputs:
         shape = [dim_value(d, dims) for d in t.shape]
@@ -41,7 +42,7 @@ def smallest_feeds(spec: GraphSpec, rng: np.random.Generator) -> tuple[dict[str,
 
 def run_graph(backend: Backend, name: str, spec: GraphSpec) -> str:
     """Run once: a one-line summary, or ValueError when an output breaks the manifest."""
-    feeds, dims = smallest_feeds(spec, np.random.default_rng(0))
+    feeds, dims = profile_feeds(spec, np.random.default_rng(0))
     t0 = time.perf_counter()
     out = backend.run(name, feeds, host=[t.name for t in spec.outputs])
     ms = 1000 * (time.perf_counter() - t0)
@@ -57,11 +58,12 @@ def run_graph(backend: Backend, name: str, spec: GraphSpec) -> str:
             f"{list(out[first_out.name].shape)}, finite, {ms:.0f} ms")
 
 
-def check_artifacts(artifacts: str | Path, backend: str = "onnxruntime", device: str = "cpu") -> Iterator[Finding]:
+def check_artifacts(artifacts: str | Path, backend: str = "onnxruntime", device: str = "cpu",
+                    engines: str | None = None) -> Iterator[Finding]:
     root = Path(artifacts)
     manifest = Manifest.load(root, check_sizes=False)  # an unreadable manifest is bad input (exit 2)
     problems = manifest.file_problems(root, checksums=True)
-    engine = load_backend(backend, root, manifest, device)
+    engine = load_backend(backend, root, manifest, device, engines)
     for name, spec in manifest.graphs.items():
         bad = [f"{f}: {problems[f]}" for f in spec.files if f in problems]
         if bad:
@@ -89,10 +91,10 @@ def check_artifacts(artifacts: str | Path, backend: str = "onnxruntime", device:
                   f"voices fit the graphs ({voices})")
 
 
-def run_check(artifacts: str, backend: str = "onnxruntime", device: str = "cpu") -> int:
+def run_check(artifacts: str, backend: str = "onnxruntime", device: str = "cpu", engines: str | None = None) -> int:
     """Print one line per graph (and one for the other files); exit status 1 if any failed."""
     failed = 0
-    for f in check_artifacts(artifacts, backend, device):
+    for f in check_artifacts(artifacts, backend, device, engines):
         failed += not f.ok
         print(f"{'ok' if f.ok else 'FAIL':<5} {f.name:<19} {f.detail}", flush=True)
     print(f"{artifacts}: {'all checks passed' if not failed else f'{failed} check(s) failed'}")

@@ -12,7 +12,9 @@ audio codes); 2 bad input or usage, one line on stderr naming the problem and th
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
@@ -65,7 +67,8 @@ def add_backend_options(p: argparse.ArgumentParser) -> None:
     from .backends import BACKENDS, DEVICES
 
     p.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
-    p.add_argument("--device", default="cpu", choices=DEVICES)
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="for onnxruntime (tensorrt always runs on the GPU)")
+    p.add_argument("--engines", help="with --backend tensorrt: the folder `covo-edge build` wrote")
     p.add_argument("--voice", help="voice name from the manifest (default: the first)")
 
 
@@ -75,20 +78,20 @@ def _chat(args: argparse.Namespace) -> int:
     return chat(args.artifacts, args.input, args.output_dir, mode=args.mode, greedy=True if args.greedy else None,
                 seed=args.seed, max_new_tokens=args.max_new_tokens, force_tokens=args.force_tokens, noise=args.noise,
                 dump=args.dump, dump_logits=args.dump_logits, voice=args.voice, stream=args.stream,
-                backend=args.backend, device=args.device)
+                backend=args.backend, device=args.device, engines=args.engines)
 
 
 def _token2wav(args: argparse.Namespace) -> int:
     from .chat import token2wav
 
     return token2wav(args.artifacts, args.codes, args.output, noise=args.noise, voice=args.voice, seed=args.seed,
-                     backend=args.backend, device=args.device)
+                     backend=args.backend, device=args.device, engines=args.engines)
 
 
 def _check(args: argparse.Namespace) -> int:
     from .check import run_check
 
-    return run_check(args.artifacts, backend=args.backend, device=args.device)
+    return run_check(args.artifacts, backend=args.backend, device=args.device, engines=args.engines)
 
 
 def _dump_logits(text: str) -> int | str:
@@ -148,8 +151,14 @@ def _fail(command: str, message: str) -> int:
     return 2
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: staged outputs are removed, nothing half-written stays
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         return args.run(args) or 0
     except CovoEdgeError as e:

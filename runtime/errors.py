@@ -39,6 +39,10 @@ class ContextFullError(CovoEdgeError, ValueError):
     """The conversation no longer fits the exported context."""
 
 
+class DeviceError(CovoEdgeError, RuntimeError):
+    """No usable GPU for what was asked: no driver, no device, no cuda-bindings, or a CUDA error."""
+
+
 def at_least(name: str, value: Any, minimum: int) -> int:
     """`value` as an int >= minimum, or OptionError; the CLI and the API share the wording."""
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from .errors import ArtifactsError
+from .files import STAMP
 from .frontend import MEL_FRAMES, N_MELS
 from .prompt import AUDIO_SLOT
 from .sampling import Sampling
@@ -51,6 +52,12 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def file_specs(directory: Path) -> dict[str, FileSpec]:
+    """Size and sha256 of every file under `directory` but manifest.json and the folder's stamp."""
+    paths = sorted(p for p in Path(directory).rglob("*") if p.is_file() and p.name not in (MANIFEST, STAMP))
+    return {p.relative_to(directory).as_posix(): FileSpec(bytes=p.stat().st_size, sha256=sha256(p)) for p in paths}
 
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
@@ -208,6 +215,19 @@ class SourceSpec:
 
 
 @dataclass
+class PrecisionSpec:
+    """What `covo-edge quantize` did to the artifacts: absent from a plain export."""
+
+    recipe: str
+    purpose: str  # what the recipe is for, one line
+    graphs: dict[str, str]  # graph -> its precision ("int4 weights (block 32, AWQ), float32 activations")
+    targets: dict[str, str]  # backend or TensorRT target -> whether and how it runs these graphs
+    calibration: str  # what the calibration data was ("12 wavs from ./calib", or the built-in fallback)
+    versions: dict[str, str]  # the quantization libraries used
+    report: str  # the accuracy report's file, beside manifest.json
+
+
+@dataclass
 class Manifest:
     schema_version: int
     dtype: str  # float32 | float16
@@ -220,6 +240,13 @@ class Manifest:
     sampling: SamplingSpec
     token2wav: Token2WavSpec
     voices: dict[str, str]  # name -> dir inside the artifacts
+    precision: PrecisionSpec | None = None  # set by `covo-edge quantize`
+
+    def graph_precision(self, graph: str) -> str:
+        """One graph's precision: the recipe's word for it, else the export's dtype."""
+        if self.precision is not None and graph in self.precision.graphs:
+            return self.precision.graphs[graph]
+        return self.dtype
 
     @property
     def num_audio_codes(self) -> int:
@@ -335,6 +362,8 @@ def _parse(tp: Any, value: Any, where: str) -> Any:
                 raise ArtifactsError(f"{where} lacks '{f.name}'; re-export with this covo-edge")
         return tp(**kwargs)
     origin, args = get_origin(tp), get_args(tp)
+    if type(None) in args:  # Optional[X]: null stays None
+        return None if value is None else _parse(next(a for a in args if a is not type(None)), value, where)
     if origin is list and is_dataclass(args[0]):
         if not isinstance(value, list):
             raise ArtifactsError(f"{where} is not a list; re-run `covo-edge export`")

@@ -84,8 +84,9 @@ class Backbone(nn.Module):
             x = rms_norm(h, layer.post_attention_layernorm.weight, self.eps)
             h = h + m.down_proj(F.silu(m.gate_proj(x)) * m.up_proj(x))
             present += [k, v]
-        last = rms_norm(h[:, -1], self.model.norm.weight, self.eps)
-        return (self.lm_head(last).float(), *present)
+        # The last position as [B, 1, H]: the LM head stays a MatMul, which the quantizers' weight passes take.
+        last = rms_norm(h[:, -1:], self.model.norm.weight, self.eps)
+        return (self.lm_head(last)[:, 0].float(), *present)
 
 
 def graph(model: CovoAudio, max_context: int) -> GraphExport:

@@ -1,6 +1,7 @@
 """Backends run one named graph of the artifacts on named arrays; everything else is backend-free.
 
-The interface is deliberately small so TensorRT can sit behind it too:
+The interface is deliberately small so TensorRT sits behind it too (`tensorrt.py`, engines from
+`covo-edge build`):
     prepare(graphs)                     open these graphs now (each checked against the manifest)
     run(graph, feeds, host=names)       -> {output name: value}
 Outputs named in `host` come back as numpy arrays; the others stay as backend-native device values
@@ -16,7 +17,7 @@ from typing import Any, Literal, Protocol, get_args
 from ..errors import OptionError
 from ..manifest import Manifest
 
-BackendName = Literal["onnxruntime"]
+BackendName = Literal["onnxruntime", "tensorrt"]
 Device = Literal["cpu", "cuda"]
 BACKENDS: tuple[str, ...] = get_args(BackendName)
 DEVICES: tuple[str, ...] = get_args(Device)
@@ -31,11 +32,21 @@ class Backend(Protocol):
     def run(self, graph: str, feeds: Mapping[str, Any], host: Iterable[str] = ()) -> dict[str, Any]: ...
 
 
-def load_backend(name: BackendName, artifacts: Path, manifest: Manifest, device: Device) -> Backend:
+def load_backend(name: BackendName, artifacts: Path, manifest: Manifest, device: Device,
+                 engines: str | Path | None = None) -> Backend:
+    """`engines`: the folder `covo-edge build` wrote, for (and only for) the TensorRT backend, which always
+    runs on the GPU (`device` does not apply to it)."""
     if device not in DEVICES:
         raise OptionError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if (name == "tensorrt") != (engines is not None):
+        raise OptionError("the tensorrt backend needs engines (--engines ENGINES, a folder `covo-edge build` wrote)"
+                          if name == "tensorrt" else f"engines are for the tensorrt backend, not {name!r}")
     if name == "onnxruntime":
         from .onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(artifacts, manifest, device)
+    if name == "tensorrt":
+        from .tensorrt import TensorRTBackend
+
+        return TensorRTBackend(artifacts, manifest, Path(engines))
     raise OptionError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")

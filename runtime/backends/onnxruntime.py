@@ -15,6 +15,7 @@ from ..errors import ArtifactsError
 from ..manifest import Manifest, TensorSpec
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+ACCURACY_LEVEL = 4
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
               "tensor(int32)": "int32", "tensor(bool)": "bool"}
 
@@ -39,6 +40,9 @@ class OnnxRuntimeBackend:
             path = self.artifacts / spec.file
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # Quantized graphs: ORT fuses int4/int8 DequantizeLinear + MatMul into MatMulNBits; level 4 computes
+            # in int8 on the CPU (the fast path, as onnxruntime-genai does). Graphs without DQ ignore it.
+            options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(ACCURACY_LEVEL))
             try:
                 session = ort.InferenceSession(str(path), options, providers=PROVIDERS[self.device])
             except Exception as e:  # ORT raises its own exception types for unreadable models

@@ -1,0 +1,118 @@
+"""`covo-edge quantize`: exported artifacts -> artifacts with quantized graphs, a manifest that says what
+was done and where it runs, and the accuracy report against the source.
+
+The graphs a recipe does not touch are copied byte for byte, so the precision of the rest is the export's:
+export with `--dtype fp16` for GPU targets (token2wav and the vocoder stay fp16 there), fp32 for the CPU.
+The output is staged and renamed at the end: a failed run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import replace
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import onnx
+from tqdm import tqdm
+
+from covo_edge.runtime.errors import ArtifactsError, OptionError
+from covo_edge.runtime.files import staged_directory
+from covo_edge.runtime.manifest import Manifest, PrecisionSpec, file_specs
+
+from .capture import Calibration, capture, utterances
+from .recipes import LM_HEADS, Job, recipe
+from .report import accuracy_report
+
+REPORT = "precision_report.json"
+LIBRARIES = ("onnxruntime", "nvidia-modelopt", "onnx")
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for name in LIBRARIES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def save_graph(model: onnx.ModelProto, out: Path, name: str) -> list[str]:
+    """`name.onnx` with its weights in `name.onnx.data` (small constants stay inline, where shape inference
+    reads them); returns the external data files."""
+    onnx.save(model, str(out / f"{name}.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=f"{name}.onnx.data")
+    return [f"{name}.onnx.data"]
+
+
+def quantize(artifacts: str | Path, out: str | Path, recipe_name: str, lm_head: str = "int8",
+             calibration_dir: str | Path | None = None, count: int = 8, decode_steps: int = 16,
+             report_steps: int = 40, force: bool = False, quiet: bool = False) -> dict:
+    """Quantize the recipe's graphs of `artifacts` into `out`; returns the accuracy report."""
+    artifacts = Path(artifacts)
+    chosen = recipe(recipe_name)
+    if lm_head not in LM_HEADS:
+        raise OptionError(f"--lm-head must be one of {', '.join(LM_HEADS)}, got {lm_head!r}")
+    manifest = Manifest.load(artifacts)
+    if manifest.precision is not None:
+        raise ArtifactsError(f"{artifacts} is already quantized ({manifest.precision.recipe}): quantize the artifacts "
+                             "`covo-edge export` wrote")
+    inputs, source = utterances(calibration_dir, count + 2)
+    held_out = len(inputs) == count + 2  # two more than calibration needs: the report's turns are unseen
+    calib_inputs, report_inputs = (inputs[:count], inputs[count:]) if held_out else (inputs, inputs[:2])
+    steps = len(calib_inputs) if chosen.calibrated else 0
+    bar = tqdm(total=steps + len(chosen.graphs) + 1, desc=f"quantize {chosen.name}", unit="step", disable=quiet)
+    with staged_directory(out, "quantize", force=force) as tmp, tempfile.TemporaryDirectory() as scratch:
+        calibration = Calibration({}, "none needed (round to nearest)")
+        if chosen.calibrated:
+            calibration = capture(artifacts, chosen.graphs, calib_inputs, source, decode_steps,
+                                  progress=lambda name: (bar.set_postfix_str(name), bar.update()))
+        skip = {f for g in chosen.graphs for f in manifest.graphs[g].files}
+        for name in manifest.files:
+            if name not in skip:
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(artifacts / name, tmp / name)
+        graphs, precision = dict(manifest.graphs), {}
+        for g in chosen.graphs:
+            bar.set_postfix_str(g)
+            job = Job(g, artifacts / manifest.graphs[g].file, Path(tempfile.mkdtemp(dir=scratch)), calibration,
+                      lm_head, manifest.llm.vocab_size, manifest.dtype)
+            model, precision[g] = chosen.quantize(job)
+            graphs[g] = replace(graphs[g], external_data=save_graph(model, tmp, g))
+            bar.update()
+        spec = PrecisionSpec(recipe=chosen.name, purpose=chosen.purpose, graphs=precision, targets=chosen.targets,
+                             calibration=calibration.description,
+                             versions=_versions(), report=REPORT)
+        result = replace(manifest, graphs=graphs, files=file_specs(tmp), precision=spec)
+        bar.set_postfix_str("accuracy report")
+        report = {"recipe": chosen.name, "lm_head": lm_head, "precision": precision,
+                  "calibration": calibration.description,
+                  "report_inputs": f"{source}; " + ("held out from calibration" if held_out or not chosen.calibrated
+                                                    else "also used to calibrate (pass more recordings to hold two out)"),
+                  **accuracy_report(artifacts, tmp, result, chosen.graphs, report_inputs, report_steps)}
+        (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+        replace(result, files=file_specs(tmp)).save(tmp)
+        bar.update()
+    bar.close()
+    return report
+
+
+def describe(report: dict) -> str:
+    """The report in a few lines, for the terminal."""
+    tf = report["backbone_teacher_forced"]["both_turns"]
+    lines = [f"recipe {report['recipe']} (LM head {report['lm_head']}):"]
+    lines += [f"  {g}: {words}" for g, words in report["precision"].items()]
+    lines += [f"  {g} output ({v['output']}) vs source over {v['calls']} calls: relative error mean "
+              f"{v['rel_error']['mean']:.4f} max {v['rel_error']['max']:.4f}, cosine min {v['cosine']['min']:.4f}"
+              for g, v in report["graphs"].items()]
+    codes = tf["audio_code_agreement"]
+    lines.append(f"  backbone teacher-forced, {tf['steps']} steps over two turns: logit relative error "
+                 f"{tf['logit_rel_error']['mean']:.4f}, KL {tf['kl_nats']['mean']:.4f} nats (max {tf['kl_nats']['max']:.4f}), "
+                 f"top-1 agreement {tf['top1_agreement']:.3f}, audio-code agreement "
+                 f"{'n/a' if codes is None else f'{codes:.3f}'} ({tf['audio_steps']} audio steps)")
+    lines.append(f"  token2wav: {report['token2wav']['note']}")
+    return "\n".join(lines)
+
