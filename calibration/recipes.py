@@ -193,12 +193,13 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("int8-w8a8", "int8 tensor-core math for long prompts: encoder and backbone weights and activations int8 "
                         "(ModelOpt, max calibration)",
            ("audio_encoder", "backbone"), _qdq("int8", "int8 weights and activations (Q/DQ, max calibration)"),
-           {"onnxruntime": "CPU (Q/DQ), slower than fp32 at decode", "tensorrt-rtx": RTX,
+           {"onnxruntime": "runs, for checking only: Q/DQ activations are emulated on the CPU (16x fp32's decode "
+                            "time, measured)", "tensorrt-rtx": RTX,
             "tensorrt-10.3 (JetPack 6)": "yes", "tensorrt-10.8+/11 (x86, JetPack 7)": "yes"}, True),
     Recipe("fp8", "fp8 tensor-core math on Ada, Hopper, Blackwell and Thor: encoder and backbone in fp8 E4M3 "
                   "(ModelOpt, max calibration)",
            ("audio_encoder", "backbone"), _qdq("fp8", "fp8 E4M3 weights and activations (Q/DQ, max calibration)"),
-           {"onnxruntime": "CPU (Q/DQ emulated), for checking only", "tensorrt-rtx": "Ada (8.9), Blackwell (12.x)",
+           {"onnxruntime": "runs, for checking only: Q/DQ is emulated on the CPU", "tensorrt-rtx": "Ada (8.9), Blackwell (12.x)",
             "tensorrt-10.3 (JetPack 6)": "no: Orin (8.7) has no fp8", "tensorrt-10.8+/11 (x86, JetPack 7)":
             "Ada, Hopper, Blackwell, Thor"}, True),
 ]}
