@@ -76,21 +76,27 @@ class _Reader(CalibrationDataReader):
         self.next = 0
 
 
-class _Recorder:
-    """A backend that runs graphs on another and keeps host copies of the feeds of some."""
+class RecordingBackend:
+    """A backend that runs graphs on another and keeps host copies of the feeds of some (`feeds`), and of
+    the outputs those calls returned to the host (`outputs`, when given)."""
 
-    def __init__(self, backend: Backend, store: dict[str, list[dict[str, np.ndarray]]]):
+    def __init__(self, backend: Backend, feeds: dict[str, list[dict[str, np.ndarray]]],
+                 outputs: dict[str, list[dict[str, np.ndarray]]] | None = None):
         self.backend = backend
         self.device = backend.device
-        self.store = store
+        self.feeds = feeds
+        self.outputs = outputs
 
     def prepare(self, graphs: Iterable[str]) -> None:
         self.backend.prepare(graphs)
 
     def run(self, graph: str, feeds: Mapping[str, Any], host: Iterable[str] = ()) -> dict[str, Any]:
-        if graph in self.store:
-            self.store[graph].append({k: np.array(v.numpy() if hasattr(v, "numpy") else v) for k, v in feeds.items()})
-        return self.backend.run(graph, feeds, host)
+        out = self.backend.run(graph, feeds, host)
+        if graph in self.feeds:
+            self.feeds[graph].append({k: np.array(v.numpy() if hasattr(v, "numpy") else v) for k, v in feeds.items()})
+            if self.outputs is not None:
+                self.outputs[graph].append({k: v for k, v in out.items() if isinstance(v, np.ndarray)})
+        return out
 
 
 def utterances(folder: str | Path | None, count: int) -> tuple[list[Utterance], str]:
@@ -122,7 +128,7 @@ def capture(artifacts: Path, graphs: Iterable[str], inputs: list[Utterance], sou
     tokens per turn keep the recorded KV caches' memory bounded."""
     manifest = Manifest.load(artifacts)
     store: dict[str, list[dict[str, np.ndarray]]] = {g: [] for g in graphs}
-    backend = _Recorder(load_backend("onnxruntime", artifacts, manifest, "cpu"), store)
+    backend = RecordingBackend(load_backend("onnxruntime", artifacts, manifest, "cpu"), store)
     assistant = Assistant(artifacts, manifest, backend, "text", None)
     for i, u in enumerate(inputs):
         if i % 2 == 0:

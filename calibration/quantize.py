@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from covo_edge.runtime.errors import ArtifactsError, OptionError
 from covo_edge.runtime.files import staged_directory
-from covo_edge.runtime.manifest import Manifest, PrecisionSpec, file_specs
+from covo_edge.runtime.manifest import FileSpec, Manifest, PrecisionSpec, file_specs, sha256
 
 from .capture import Calibration, capture, utterances
 from .recipes import LM_HEADS, Job, recipe
@@ -94,7 +94,8 @@ def quantize(artifacts: str | Path, out: str | Path, recipe_name: str, lm_head: 
                                                     else "also used to calibrate (pass more recordings to hold two out)"),
                   **accuracy_report(artifacts, tmp, result, chosen.graphs, report_inputs, report_steps)}
         (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-        replace(result, files=file_specs(tmp)).save(tmp)
+        result.files[REPORT] = FileSpec(bytes=(tmp / REPORT).stat().st_size, sha256=sha256(tmp / REPORT))
+        result.save(tmp)
         bar.update()
     bar.close()
     return report

@@ -18,8 +18,9 @@ from covo_edge.runtime.assistant import Assistant, Debug
 from covo_edge.runtime.backends import load_backend
 from covo_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from covo_edge.runtime.manifest import SPEECH_GRAPHS, Manifest
+from covo_edge.runtime.synthetic import interleaved_reply
 
-from .capture import Utterance, _Recorder
+from .capture import RecordingBackend, Utterance
 
 CAVEAT = (
     "Measured on the model these artifacts hold. On a random-weight model the logits are nearly flat, so a "
@@ -37,14 +38,6 @@ GATE = (
 def summary(values: list[float] | np.ndarray) -> dict[str, float]:
     v = np.asarray(values, np.float64)
     return {"mean": float(v.mean()), "max": float(v.max()), "min": float(v.min())}
-
-
-def interleave(steps: int, code_offset: int, num_codes: int, seed: int) -> np.ndarray:
-    """5 text ids, then 15 audio codes, repeated: the released model's output pattern."""
-    rng = np.random.default_rng(seed)
-    text = rng.integers(100, min(20100, code_offset), steps)
-    codes = code_offset + rng.integers(0, num_codes, steps)
-    return np.where(np.arange(steps) % 20 < 5, text, codes).astype(np.int64)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -80,10 +73,12 @@ def _output_error(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
 
 
 def _teacher_forced(artifacts: Path, manifest: Manifest, turns: list[Utterance], forced: list[np.ndarray],
-                    record: dict | None) -> list[np.ndarray]:
+                    feeds: dict | None = None, outputs: dict | None = None) -> list[np.ndarray]:
+    """Each turn's step logits with the ids forced; with `feeds`, the named graphs' feeds and host outputs
+    are recorded on the way."""
     backend = load_backend("onnxruntime", artifacts, manifest, "cpu")
-    if record is not None:
-        backend = _Recorder(backend, record)
+    if feeds is not None:
+        backend = RecordingBackend(backend, feeds, outputs)
     assistant = Assistant(artifacts, manifest, backend, "text", None)
     logits = []
     for u, ids in zip(turns, forced):
@@ -98,20 +93,21 @@ def accuracy_report(source: Path, quantized: Path, manifest: Manifest, graphs: t
     """Compare `quantized` (its manifest given: it is not written yet) with `source` on two turns."""
     reference = Manifest.load(source)
     llm, offset = reference.llm, reference.tokenizer.audio_code_offset
-    forced = [interleave(steps, offset, reference.num_audio_codes, seed) for seed in range(len(turns))]
-    recorded: dict[str, list[dict[str, np.ndarray]]] = {g: [] for g in graphs}
-    ref_logits = _teacher_forced(source, reference, turns, forced, recorded)
-    got_logits = _teacher_forced(quantized, manifest, turns, forced, None)
+    forced = [interleaved_reply(steps, offset, reference.num_audio_codes, seed) for seed in range(len(turns))]
+    feeds: dict[str, list[dict[str, np.ndarray]]] = {g: [] for g in graphs}
+    outputs: dict[str, list[dict[str, np.ndarray]]] = {g: [] for g in graphs}
+    ref_logits = _teacher_forced(source, reference, turns, forced, feeds, outputs)
+    got_logits = _teacher_forced(quantized, manifest, turns, forced)
     per_turn = [compare_logits(r, g, ids, offset) for r, g, ids in zip(ref_logits, got_logits, forced)]
     both = compare_logits(np.concatenate(ref_logits), np.concatenate(got_logits),
                           np.concatenate(forced), offset)
 
     per_graph = {}
-    ref_backend, got_backend = OnnxRuntimeBackend(source, reference), OnnxRuntimeBackend(quantized, manifest)
-    for g in graphs:
+    got_backend = OnnxRuntimeBackend(quantized, manifest)
+    for g in graphs:  # the source's outputs were recorded with its feeds: only the quantized graph runs again
         output = reference.graphs[g].outputs[0].name
-        errors = [_output_error(ref_backend.run(g, f, host=[output])[output], got_backend.run(g, f, host=[output])[output])
-                  for f in recorded[g]]
+        errors = [_output_error(ref[output], got_backend.run(g, f, host=[output])[output])
+                  for f, ref in zip(feeds[g], outputs[g])]
         per_graph[g] = {"output": output, "calls": len(errors),
                         "rel_error": summary([e[0] for e in errors]),
                         "cosine": summary([e[1] for e in errors])}

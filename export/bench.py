@@ -20,20 +20,13 @@ import numpy as np
 from covo_edge.runtime.errors import CovoEdgeError
 from covo_edge.runtime.files import check_output_file, write_atomic, write_wav
 from covo_edge.runtime.manifest import Manifest
-from covo_edge.runtime.synthetic import synthetic_utterance
+from covo_edge.runtime.synthetic import interleaved_reply, synthetic_utterance
 
 from .bench_runtime import STAGES
 from .projection import full_size_counts, project
 
 QUESTION_SECONDS = 8.2
 COLOURS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1"]
-
-
-def interleave(new_tokens: int, code_offset: int, num_codes: int, seed: int = 0) -> list[int]:
-    """5 text ids, then 15 audio codes, repeated: the released model's output pattern."""
-    rng = np.random.default_rng(seed)
-    return [int(100 + rng.integers(0, 20000)) if i % 20 < 5 else int(code_offset + rng.integers(0, num_codes))
-            for i in range(new_tokens)]
 
 
 def _side(module: str, *args: str) -> dict:
@@ -47,7 +40,7 @@ def _side(module: str, *args: str) -> dict:
 def bench(model_dir: str, artifacts: str, question: str | None = None, new_tokens: int = 100,
           compare: list[str] = ()) -> dict:
     manifest = Manifest.load(artifacts)
-    forced = interleave(new_tokens, manifest.tokenizer.audio_code_offset, manifest.num_audio_codes)
+    forced = interleaved_reply(new_tokens, manifest.tokenizer.audio_code_offset, manifest.num_audio_codes).tolist()
     with tempfile.TemporaryDirectory() as tmp:
         if question is None:
             question = str(Path(tmp) / "question.wav")

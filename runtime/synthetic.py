@@ -1,4 +1,5 @@
-"""A speech-like question made of numbers: the tiny release's example, the demo's and the bench's input."""
+"""Made-up inputs: a speech-like question (the tiny release's example, the demo's and the bench's input) and a
+reply in the released model's token pattern (what bench and the accuracy report force)."""
 
 from __future__ import annotations
 
@@ -16,3 +17,11 @@ def synthetic_utterance(seconds: float = 3.0, sample_rate: int = 16000, seed: in
     syllables = np.clip(np.sin(2 * np.pi * 4 * t), 0, None) ** 2
     wav = 0.3 * voiced * syllables + 0.003 * rng.standard_normal(t.size)
     return wav.astype(np.float32)
+
+
+def interleaved_reply(steps: int, code_offset: int, num_codes: int, seed: int = 0) -> np.ndarray:
+    """`steps` ids: 5 text ids, then 15 audio codes, repeated (the released model's output pattern)."""
+    rng = np.random.default_rng(seed)
+    text = rng.integers(100, min(20100, code_offset), steps)
+    codes = code_offset + rng.integers(0, num_codes, steps)
+    return np.where(np.arange(steps) % 20 < 5, text, codes).astype(np.int64)
