@@ -64,8 +64,10 @@ def quantize(artifacts: str | Path, out: str | Path, recipe_name: str, lm_head: 
     held_out = len(inputs) == count + 2  # two more than calibration needs: the report's turns are unseen
     calib_inputs, report_inputs = (inputs[:count], inputs[count:]) if held_out else (inputs, inputs[:2])
     steps = len(calib_inputs) if chosen.calibrated else 0
-    bar = tqdm(total=steps + len(chosen.graphs) + 1, desc=f"quantize {chosen.name}", unit="step", disable=quiet)
-    with staged_directory(out, "quantize", force=force) as tmp, tempfile.TemporaryDirectory() as scratch:
+    # The bar starts once the output place is accepted (a refusal stays one line) and closes however it ends.
+    with staged_directory(out, "quantize", force=force) as tmp, tempfile.TemporaryDirectory() as scratch, \
+            tqdm(total=steps + len(chosen.graphs) + 1, desc=f"quantize {chosen.name}", unit="step",
+                 disable=quiet) as bar:
         calibration = Calibration({}, "none needed (round to nearest)")
         if chosen.calibrated:
             calibration = capture(artifacts, chosen.graphs, calib_inputs, source, decode_steps,
@@ -97,7 +99,6 @@ def quantize(artifacts: str | Path, out: str | Path, recipe_name: str, lm_head: 
         result.files[REPORT] = FileSpec(bytes=(tmp / REPORT).stat().st_size, sha256=sha256(tmp / REPORT))
         result.save(tmp)
         bar.update()
-    bar.close()
     return report
 
 

@@ -37,7 +37,7 @@ def _block_rest(l: int, attn: str) -> list:
             helper.make_node("MatMul", [f"m{l}", f"d{l}"], [f"dd{l}"]), helper.make_node("Add", [f"h{l}", f"dd{l}"], [f"x{l + 1}"])]
 
 
-def decode_step(form: str, weights: list) -> bytes:
+def decode_step(form: str, weights: list, layers: int = LAYERS, vocab: int = VOCAB) -> bytes:
     const = [numpy_helper.from_array(np.array([-1], np.int64), "axes"), numpy_helper.from_array(np.array(1e-6, np.float32), "eps"),
              numpy_helper.from_array(np.array([1, KV_HEADS, HEADS // KV_HEADS, HEAD_DIM], np.int64), "group"),
              numpy_helper.from_array(np.array([1, 1, HEADS * HEAD_DIM], np.int64), "merge"),
@@ -45,7 +45,7 @@ def decode_step(form: str, weights: list) -> bytes:
     nodes, inputs, outputs = [], [helper.make_tensor_value_info("x0", TP.FLOAT, [1, 1, HIDDEN])], []
     if form == "in_place":
         inputs += [helper.make_tensor_value_info("seqlens_k", TP.INT32, [1]), helper.make_tensor_value_info("total", TP.INT32, [1])]
-    for l in range(LAYERS):
+    for l in range(layers):
         nodes += _rms(f"x{l}", f"n1_{l}") + [helper.make_node("MatMul", [f"n1_{l}", f"{p}{l}"], [f"{p}p{l}"]) for p in "qkv"]
         cache = [MAX_CONTEXT] if form == "in_place" else ["past"]
         for p in "kv":
@@ -73,29 +73,31 @@ def decode_step(form: str, weights: list) -> bytes:
                       helper.make_node("MatMul", [f"pr{l}", f"all_v{l}"], [f"av{l}"]),
                       helper.make_node("Reshape", [f"av{l}", "merge"], [f"attn{l}"])]
         nodes += _block_rest(l, f"attn{l}")
-    nodes += _rms(f"x{LAYERS}", "final") + [helper.make_node("MatMul", ["final", "head"], ["logits"])]
-    outputs.insert(0, helper.make_tensor_value_info("logits", TP.FLOAT, [1, 1, VOCAB]))
+    nodes += _rms(f"x{layers}", "final") + [helper.make_node("MatMul", ["final", "head"], ["logits"])]
+    outputs.insert(0, helper.make_tensor_value_info("logits", TP.FLOAT, [1, 1, vocab]))
     graph = helper.make_graph(nodes, form, inputs, outputs, weights + const)
     opsets = [helper.make_opsetid("", 18)] + ([helper.make_opsetid("com.microsoft", 1)] if form == "in_place" else [])
     return helper.make_model(graph, opset_imports=opsets).SerializeToString()
 
 
-def measure(histories: list[int], rounds: int = 20) -> dict:
+def measure(histories: list[int], rounds: int = 20, layers: int = LAYERS, vocab: int = VOCAB) -> dict:
+    """Median step time of each form per history length; fewer `layers` or a smaller `vocab` (the LM head)
+    make a quick, smaller check of the same three forms."""
     rng = np.random.default_rng(0)
     shapes = {"q": (HIDDEN, HEADS * HEAD_DIM), "k": (HIDDEN, KV_HEADS * HEAD_DIM), "v": (HIDDEN, KV_HEADS * HEAD_DIM),
               "o": (HEADS * HEAD_DIM, HIDDEN), "g": (HIDDEN, FFN), "u": (HIDDEN, FFN), "d": (FFN, HIDDEN)}
     weights = [numpy_helper.from_array(0.02 * rng.standard_normal(s, dtype=np.float32), f"{n}{l}")
-               for l in range(LAYERS) for n, s in shapes.items()]
-    weights.append(numpy_helper.from_array(0.02 * rng.standard_normal((HIDDEN, VOCAB), dtype=np.float32), "head"))
+               for l in range(layers) for n, s in shapes.items()]
+    weights.append(numpy_helper.from_array(0.02 * rng.standard_normal((HIDDEN, vocab), dtype=np.float32), "head"))
     options = ort.SessionOptions()
     options.log_severity_level = 3  # the in-place form leaves the other forms' constants unused
-    sessions = {form: ort.InferenceSession(decode_step(form, weights), options, providers=["CPUExecutionProvider"])
+    sessions = {form: ort.InferenceSession(decode_step(form, weights, layers, vocab), options, providers=["CPUExecutionProvider"])
                 for form in ("concat", "in_place", "no_copy")}
     x = rng.standard_normal((1, 1, HIDDEN), dtype=np.float32)
     results = {}
     for history in histories:
         past = {f"past_{p}{l}": rng.standard_normal((1, KV_HEADS, history, HEAD_DIM), dtype=np.float32)
-                for l in range(LAYERS) for p in "kv"}
+                for l in range(layers) for p in "kv"}
         buffers = {}
         for name, value in past.items():
             full = np.zeros((1, KV_HEADS, MAX_CONTEXT, HEAD_DIM), np.float32)
@@ -126,12 +128,12 @@ def measure(histories: list[int], rounds: int = 20) -> dict:
                 t0 = time.perf_counter()
                 run(form)
                 times[form].append(time.perf_counter() - t0)
-        ms = {form: 1000 * float(np.median(t[3:])) for form, t in times.items()}
+        ms = {form: 1000 * float(np.median(t[min(3, rounds - 1):])) for form, t in times.items()}
         results[history] = {**{f"{form}_ms": v for form, v in ms.items()},
                             "in_place_saves": (ms["concat"] - ms["in_place"]) / ms["concat"],
                             "copy_share": (ms["concat"] - ms["no_copy"]) / ms["concat"]}
     return results
 
 
-def run_bench_kv(histories: list[int]) -> None:
-    print(json.dumps(measure(histories), indent=2))
+def run_bench_kv(histories: list[int], rounds: int = 20, layers: int = LAYERS, vocab: int = VOCAB) -> None:
+    print(json.dumps(measure(histories, rounds, layers, vocab), indent=2))

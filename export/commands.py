@@ -43,7 +43,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _bench_kv(args: argparse.Namespace) -> int:
     from .bench_kv import run_bench_kv
 
-    run_bench_kv(args.history)
+    run_bench_kv(args.history, args.rounds, args.layers, args.vocab)
     return 0
 
 
@@ -81,6 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     k = sub.add_parser("bench-kv", help="does a KV cache updated in place pay on ONNX Runtime CPU? (export extra)")
     k.add_argument("--history", type=int_at_least(0), nargs="+", default=[2048, 6144], help="history lengths, tokens")
+    k.add_argument("--rounds", type=int_at_least(1), default=20, help="timed steps per form and history (median)")
+    k.add_argument("--layers", type=int_at_least(1), default=24, help="decoder layers (24: the small release's shape)")
+    k.add_argument("--vocab", type=int_at_least(1), default=168055, help="LM head rows (168055: the release's vocabulary)")
     k.set_defaults(run=_bench_kv, extra="export")
 
     d = sub.add_parser("demo", help="answer one spoken question with the PyTorch reference (export extra)")

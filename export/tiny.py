@@ -4,6 +4,8 @@
 backbone shape, the size on which speed is measured. Both keep the real vocabulary (168055 ids,
 text ids below 151671) and token-id layout, bf16 sharded safetensors, a weight-normed token2wav
 checkpoint and a voice prompt whose latent prefix is 3 frames longer than 4x its codes (as released).
+`tiny` also ships a second voice, `long`, whose prompt is longer than the streaming windows (512 frames),
+so that tests run the prompt cut and the history drop that the released 1167-frame voice always takes.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Size:
     dit: DiTConfig
     vocoder: VocoderConfig
     voice_codes: int
+    long_voice_codes: int = 0  # a second voice, `long` (0: none)
 
 
 SIZES = {
@@ -54,6 +57,7 @@ SIZES = {
         dit=DiTConfig(token_input_dim=32, hidden_size=64, num_layers=2, num_heads=4, ffn_hidden_size=128, spkr_embed_dim=64),
         vocoder=VocoderConfig(upsample_initial_channel=128),
         voice_codes=10,
+        long_voice_codes=160,  # 643 latent frames: past the 512-frame prompt window
     ),
     "small": Size(
         hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4864,
@@ -150,12 +154,14 @@ def _write_token2wav(out: Path, config: Token2WavConfig, size: Size, seed: int) 
     z = config.dit.z_dim
     mean_var = np.concatenate([rng.normal(0, 0.5, z), rng.uniform(0.5, 2.0, z)]).astype(np.float32)
     np.save(t2w / "global_mean_var.npy", mean_var[None])
-    voice = t2w / "prompt"
-    voice.mkdir()
-    p = size.voice_codes
-    np.save(voice / "prompt_token.npy", rng.integers(0, config.dit.token_vocab_size, (1, p)).astype(np.int64))
-    np.save(voice / "prompt_latent.npy", rng.normal(0, 1, (1, 4 * p + 3, z)).astype(np.float32))
-    np.save(voice / "speaker_embed.npy", rng.normal(0, 1, (1, config.dit.spkr_embed_dim)).astype(np.float32))
+    for name, p in (("prompt", size.voice_codes), ("long", size.long_voice_codes)):
+        if not p:
+            continue
+        voice = t2w / name
+        voice.mkdir()
+        np.save(voice / "prompt_token.npy", rng.integers(0, config.dit.token_vocab_size, (1, p)).astype(np.int64))
+        np.save(voice / "prompt_latent.npy", rng.normal(0, 1, (1, 4 * p + 3, z)).astype(np.float32))
+        np.save(voice / "speaker_embed.npy", rng.normal(0, 1, (1, config.dit.spkr_embed_dim)).astype(np.float32))
 
 
 def make_tiny(out_dir: str | Path, seed: int = 0, size: str = "tiny", force: bool = False, progress=print) -> Path:

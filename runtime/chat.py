@@ -12,7 +12,7 @@ import numpy as np
 from .assistant import Assistant, Debug, Reply, check_tokens
 from .backends import load_backend
 from .cli import shorten
-from .errors import InputError, OptionError
+from .errors import ContextFullError, InputError, OptionError
 from .files import WavWriter, check_output_dir, check_output_file, read_npy, write_atomic, write_npz, write_wav
 from .frontend import load_audio
 from .manifest import SPEECH_GRAPHS, Manifest
@@ -53,14 +53,23 @@ def chat(artifacts: str, inputs: list[str], output_dir: str, *, mode: str = "spe
                       dump={} if dump else None, step_logits=dump_logits)
         wav_path = out / f"turn_{n}.wav"
         options = dict(greedy=greedy, seed=None if seed is None else seed + n, max_new_tokens=max_new_tokens, debug=debug)
-        if stream and mode == "speech":
-            reply = _stream_turn(assistant, wav, rate, wav_path, options)
-            print(f"turn {n}: first text after {reply.timings.get('first_text', float('nan')):.2f} s, first audio after "
-                  f"{reply.timings.get('first_audio', float('nan')):.2f} s")
-        else:
-            reply = assistant.reply(wav, rate, **options)
-            if reply.audio is not None:
-                write_wav(wav_path, reply.audio, reply.sample_rate)
+        try:
+            if stream and mode == "speech":
+                reply = _stream_turn(assistant, wav, rate, wav_path, options)
+                print(f"turn {n}: first text after {reply.timings.get('first_text', float('nan')):.2f} s, first audio "
+                      f"after {reply.timings.get('first_audio', float('nan')):.2f} s")
+            else:
+                reply = assistant.reply(wav, rate, **options)
+                if reply.audio is not None:
+                    write_wav(wav_path, reply.audio, reply.sample_rate)
+        except ContextFullError:
+            if dump:
+                write_npz(dump, dumps)  # the turns that fit
+            kept = f"turns 0-{n - 1} were written; " if n else ""
+            raise ContextFullError(
+                f"turn {n} does not fit: the conversation holds {assistant.context_length} tokens of the "
+                f"{assistant.max_context}-token context; {kept}start over with fewer or shorter turns, or export "
+                "with a larger --max-context") from None
         print(f"turn {n}: {shorten(reply.text)} ({len(reply.text_ids)} text ids, {len(reply.audio_codes)} audio "
               f"codes, {reply.finish_reason})")
         print("timings_ms " + json.dumps({k: round(v * 1000, 2) for k, v in reply.timings.items() if "." not in k}))

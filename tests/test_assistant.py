@@ -6,7 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import needs
+
+torch = needs("torch", "export")
 
 from covo_edge.runtime import Assistant, ContextFullError, Debug, Token2Wav  # noqa: E402
 from covo_edge.runtime.synthetic import synthetic_utterance  # noqa: E402
@@ -110,13 +112,19 @@ def test_a_seeded_second_turn_replays_and_another_seed_differs(assistant):
     assert not np.array_equal(first.tokens, other.tokens)
 
 
-def test_stream_yields_text_deltas_then_the_audio(assistant):
+def test_stream_yields_text_deltas_then_the_exact_audio(assistant):
+    """Exact token2wav: text deltas while the reply decodes, the whole reply's audio in the last chunk. Tokens
+    are forced so that the reply holds audio codes whatever the random model prefers."""
     assistant.reset()
-    chunks = list(assistant.stream(synthetic_utterance(2.0), 16000, max_new_tokens=20))
+    forced = np.array(_teacher_tokens(20))
+    chunks = list(assistant.stream(synthetic_utterance(2.0), 16000, token2wav="exact",
+                                   debug=Debug(force_tokens=forced)))
     reply = chunks[-1].reply
     assert reply is not None and chunks[-1].audio is not None
     assert "".join(c.text for c in chunks) == reply.text
-    assert all(c.audio is None for c in chunks[:-1])
+    assert all(c.audio is None and c.reply is None for c in chunks[:-1])
+    assert len(reply.audio_codes) == int((forced >= 151671).sum()) == 15
+    assert np.array_equal(chunks[-1].audio, reply.audio) and reply.audio.shape == (240 * (4 * 15 - 3),)
 
 
 def test_text_mode_and_context_full(tiny_art):
@@ -151,7 +159,7 @@ def test_runtime_never_imports_torch(tiny_art, tmp_path):
         f" '--force-tokens', {str(forced)!r}, '--dump', {str(tmp_path / 'd.npz')!r}, '--dump-logits', '5'])\n"
         "assert rc == 0 and 'torch' not in sys.modules\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
     assert (tmp_path / "out" / "turn_0.wav").is_file() and (tmp_path / "out" / "turn_0.txt").is_file()
     dump = np.load(tmp_path / "d.npz")
     for n in ("wav_24k", "mel", "encoder_out", "adapter_out", "input_ids", "inputs_embeds", "prefill_logits",

@@ -5,20 +5,36 @@ import json
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("matplotlib")
+from conftest import needs
+
+needs("torch", "export")
+needs("matplotlib", "export")
 
 RUNTIME_KEYS = {"time_to_first_audio_s", "time_to_first_audio_exact_s", "time_to_first_text_s", "decode_ms_per_token",
                 "read_floor_ms_per_token", "token2wav_rtf", "peak_rss_gb", "streaming_turn_rtf", "streaming_deviation"}
 
 
-def test_bench_reports_both_sides_and_draws_them(tiny_dir, tiny_art, tmp_path):
+@pytest.mark.slow
+def test_bench_reports_both_sides_and_draws_them(tiny_dir, tiny_art, tiny_art16, tmp_path, capsys):
+    """One run of `bench --compare` (one bench is long): both sides, the chart, and the decode of every
+    artifacts directory beside its own weight-read floor."""
     from covo_edge.runtime.cli import main
 
     out, chart = tmp_path / "b.json", tmp_path / "b.png"
-    assert main(["bench", "--model-dir", str(tiny_dir), "--artifacts", str(tiny_art), "--new-tokens", "60",
-                 "--json", str(out), "--chart", str(chart)]) == 0
+    assert main(["bench", "--model-dir", str(tiny_dir), "--artifacts", str(tiny_art), "--compare", str(tiny_art16),
+                 "--new-tokens", "60", "--json", str(out), "--chart", str(chart)]) == 0
     result = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == result
+    p = result["precision_decode"]
+    assert p["new_tokens"] == 60 and p["read_bandwidth_gbs"] > 0
+    rows = p["rows"]
+    assert [r["artifacts"] for r in rows] == [str(tiny_art), str(tiny_art16)]
+    assert [r["precision"] for r in rows] == ["float32", "float16"]
+    for r in rows:
+        assert r["decode_ms_per_token"] > 0 and r["read_floor_ms_per_token"] > 0, r
+        assert r["read_floor_ms_per_token"] == pytest.approx(
+            1000 * r["weight_bytes_per_token"] / (p["read_bandwidth_gbs"] * 1e9))
+    assert rows[0]["vs_first"] == 1 and rows[1]["weight_bytes_per_token"] < 0.6 * rows[0]["weight_bytes_per_token"]
     rt, ref = result["runtime"], result["reference"]
     assert RUNTIME_KEYS <= set(rt)
     assert all(rt[k] > 0 for k in ("time_to_first_audio_s", "time_to_first_audio_exact_s", "decode_ms_per_token",
@@ -29,4 +45,7 @@ def test_bench_reports_both_sides_and_draws_them(tiny_dir, tiny_art, tmp_path):
     assert len(dev["latent_rms_per_chunk"]) == len(dev["chunk_frames"]) and sum(dev["chunk_frames"]) == 4 * 45 - 3
     assert {d["device"] for d in result["gpu_projection"]["devices"]} >= {"RTX 4090", "Jetson AGX Orin 64GB"}
     assert "not a measurement" in result["gpu_projection"]["note"]
-    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 20000
+    png = chart.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert width >= 800 and height >= 600  # a figure of several panels, not an empty canvas

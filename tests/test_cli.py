@@ -8,7 +8,7 @@ import sys
 import pytest
 import soundfile as sf
 
-from conftest import REPO
+from conftest import REPO, needs
 
 BLOCK_TORCH = (
     "import sys\n"
@@ -21,7 +21,8 @@ BLOCK_TORCH = (
 
 def run(*args, check=True, prelude=""):
     code = prelude + "import sys\nfrom covo_edge.runtime.cli import main\nsys.exit(main(sys.argv[1:]))\n"
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=check)
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=check,
+                          timeout=600)
 
 
 def imported_modules(path, package: str) -> list[tuple[int, str]]:
@@ -59,7 +60,7 @@ def test_runtime_imports_without_torch():
         "loaded = sorted(m for m in sys.modules if m.startswith('covo_edge.export'))\n"
         "assert loaded == ['covo_edge.export', 'covo_edge.export.commands'], loaded  # registering is light\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
 
 
 def test_one_command_offers_every_sides_subcommands():
@@ -77,8 +78,9 @@ def test_an_export_command_without_the_export_extra_says_so(tmp_path):
                                   "pip install 'covo-edge[export]'")
 
 
+@pytest.mark.slow
 def test_make_tiny_reruns_with_force_and_the_demo_fits_a_screen(tmp_path):
-    pytest.importorskip("torch")
+    needs("torch", "export")
     run("make-tiny", tmp_path / "tiny", "--seed", "1")
     again = run("make-tiny", tmp_path / "tiny", "--seed", "1", "--force")
     assert "wrote a random-weight tiny release" in again.stdout
@@ -95,6 +97,6 @@ def test_make_tiny_reruns_with_force_and_the_demo_fits_a_screen(tmp_path):
 
 
 def test_demo_errors_are_one_line(tmp_path):
-    pytest.importorskip("torch")
+    needs("torch", "export")
     bad = run("demo", "--model-dir", tmp_path / "missing", check=False)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a directory" in bad.stderr

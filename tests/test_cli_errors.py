@@ -9,12 +9,14 @@ import sys
 
 import numpy as np
 import pytest
+
+from conftest import needs
 import soundfile as sf
 
 from covo_edge.runtime.cli import main
 from covo_edge.runtime.synthetic import synthetic_utterance
 
-pytest.importorskip("torch", reason="the artifacts these tests run on are exported with torch")
+needs("torch", "export")
 
 CODES = 151671  # first audio code id
 FORCED = [11, CODES + 5, CODES + 6, CODES + 7, 12]  # a reply with text and three audio codes
@@ -214,7 +216,7 @@ def test_a_full_disk_leaves_no_partial_file(tiny_art, files, tmp_path):
         f"sys.exit(main(['chat', {str(tiny_art)!r}, '--input', {str(files / 'q.wav')!r}, '--output-dir', {str(out)!r},"
         f" '--force-tokens', {str(files / 'forced.npy')!r}, '--dump', {str(tmp_path / 'd.npz')!r}]))\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert run.returncode == 2, run.stderr
     assert run.stderr.strip().splitlines() == [f"covo-edge chat: cannot write {tmp_path / 'd.npz'}: File too large"]
     assert not (tmp_path / "d.npz").exists()

@@ -14,7 +14,7 @@ from covo_edge.runtime.backends.cuda import (
 )
 
 GPU = probe()
-needs_gpu = pytest.mark.skipif(isinstance(GPU, str), reason=f"no CUDA GPU: {GPU}")
+needs_gpu = pytest.mark.skipif(isinstance(GPU, str), reason=f"needs a GPU: {GPU}")
 
 
 def test_probe_answers_without_crashing():

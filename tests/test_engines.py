@@ -9,7 +9,9 @@ import shutil
 
 import pytest
 
-trt = pytest.importorskip("tensorrt_rtx", reason="needs tensorrt-rtx-cu12 (the dev extra installs it)")
+from conftest import needs
+
+trt = needs("tensorrt_rtx", "engines")
 
 from covo_edge.engines.build import EngineError, build_engine, shrink_profiles, tensorrt
 from covo_edge.engines.folder import BuildOptions, build_engines, trtexec_lines
@@ -30,7 +32,7 @@ def rtx_engines16(tiny_art16, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("fp16", marks=pytest.mark.slow)])
 def test_build_writes_every_engine_and_what_it_was_built_from(request, precision):
     art = request.getfixturevalue("tiny_art" if precision == "fp32" else "tiny_art16")
     out = request.getfixturevalue("rtx_engines" if precision == "fp32" else "rtx_engines16")
@@ -79,7 +81,7 @@ def test_build_refuses_bad_options_and_foreign_folders(tiny_art, tmp_path):
     assert (foreign / "notes.txt").read_text() == "keep"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed here")
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="only without classic TensorRT (tensorrt is installed here)")
 def test_the_classic_builder_is_named_when_missing(tiny_art, tmp_path):
     with pytest.raises(EngineError, match="tensorrt is not installed .*JetPack"):
         tensorrt("tensorrt")

@@ -1,10 +1,12 @@
 """Every exported graph on ONNX Runtime (CPU, fp32) against the PyTorch reference, on the tiny release."""
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
-torch = pytest.importorskip("torch")
-ort = pytest.importorskip("onnxruntime")
+from conftest import TINY_VOICES, needs
+
+torch = needs("torch", "export")
 
 from covo_edge.export import audio  # noqa: E402
 from covo_edge.runtime.manifest import Manifest  # noqa: E402
@@ -236,23 +238,60 @@ def test_manifest_profiles_are_self_consistent(manifest):
     assert max(p["total_sequence"][2] for p in manifest.graphs["backbone"].profiles) == manifest.llm.max_context
 
 
-def test_export_is_byte_identical_and_force_replaces_an_earlier_export(tiny_dir, tiny_art, tmp_path):
-    """Exporting the same release again, elsewhere, over an earlier export (--force) gives the very same
-    bytes, file for file; the graphs carry no path of this machine, so a checksum identifies the model."""
-    import shutil
+def test_export_ships_the_voices_asked_for(tiny_dir, tiny_art, manifest):
+    """The session artifacts were exported with `--voice prompt --voice long`: both voices, in that order
+    (the first is the default), each the release's prompt files."""
+    assert list(manifest.voices) == TINY_VOICES
+    for name in TINY_VOICES:
+        for f in ("prompt_token.npy", "prompt_latent.npy", "speaker_embed.npy"):
+            assert np.array_equal(np.load(tiny_art / manifest.voices[name] / f),
+                                  np.load(tiny_dir / "token2wav" / name / f)), (name, f)
+
+
+def test_a_graph_exports_byte_identical_and_carries_no_path_of_this_machine(tiny_dir, tiny_art, tmp_path):
+    """The adapter exported twice more, elsewhere, gives the session export's very bytes; no graph carries a
+    path of this machine, so a checksum identifies the model."""
     import sys
 
     from conftest import REPO
-    from covo_edge.export.exporter import export_release
+    from covo_edge.export.exporter import export_graph
+    from covo_edge.export.graphs import audio_adapter
+    from covo_edge.export.release import Release, load_covo
 
-    out = tmp_path / "again"
-    shutil.copytree(tiny_art, out)
-    (out / "left_from_before.txt").write_text("x")
-    export_release(tiny_dir, out, max_context=1024, force=True, quiet=True)
-    ours = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
-    assert ours == sorted(p.relative_to(tiny_art) for p in tiny_art.rglob("*") if p.is_file())
-    for f in ours:
-        assert (out / f).read_bytes() == (tiny_art / f).read_bytes(), f
-    for f in out.glob("*.onnx"):
+    model = load_covo(Release.open(tiny_dir), torch.float32)
+    for where in ("a", "b/c"):
+        (tmp_path / where).mkdir(parents=True)
+        spec = export_graph(audio_adapter.graph(model), tmp_path / where)
+        for f in (spec.file, *spec.external_data):
+            assert (tmp_path / where / f).read_bytes() == (tiny_art / f).read_bytes(), f
+    for f in tiny_art.glob("*.onnx"):
         data = f.read_bytes()
         assert str(REPO).encode() not in data and sys.prefix.encode() not in data and b"stack_trace" not in data, f
+
+
+def test_force_replaces_an_earlier_export_only(tiny_dir, tiny_art, tmp_path, monkeypatch):
+    """--force over an earlier export: the folder is replaced whole (nothing of the old one stays); over a
+    folder that no export wrote, it refuses and leaves it alone. One graph stands in for the whole export."""
+    import shutil
+
+    from covo_edge.export import exporter
+    from covo_edge.export.graphs import audio_adapter
+    from covo_edge.export.release import load_covo
+    from covo_edge.runtime.cli import main
+
+    def one_graph(release, out, dtype, voices, max_context, quiet):
+        exporter.export_graph(audio_adapter.graph(load_covo(release, dtype)), out)
+
+    monkeypatch.setattr(exporter, "_export", one_graph)
+    again = tmp_path / "again"
+    shutil.copytree(tiny_art, again)
+    (again / "left_from_before.txt").write_text("x")
+    assert main(["export", str(tiny_dir), "-o", str(again)]) == 2  # an existing export needs --force
+    assert main(["export", str(tiny_dir), "-o", str(again), "--force"]) == 0
+    assert sorted(p.name for p in again.iterdir() if p.name != ".covo-edge") == ["audio_adapter.onnx",
+                                                                               "audio_adapter.onnx.data"]
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    assert main(["export", str(tiny_dir), "-o", str(foreign), "--force"]) == 2
+    assert (foreign / "notes.txt").read_text() == "keep"

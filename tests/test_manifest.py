@@ -8,10 +8,12 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import needs
+
 from covo_edge.runtime import ArtifactsError, Assistant
 from covo_edge.runtime.manifest import GRAPH_IO, LLMSpec, Manifest, SamplingSpec, TensorSpec, dim_value, sha256
 
-onnx = pytest.importorskip("onnx")
+onnx = needs("onnx", "export")
 
 
 @pytest.fixture

@@ -6,7 +6,9 @@ import time
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import needs
+
+torch = needs("torch", "export")
 
 from safetensors.torch import load_file  # noqa: E402
 
@@ -162,6 +164,7 @@ def test_config_reads_both_rope_styles(tiny_dir):
     assert cfg.llm.sliding_window is None
 
 
+@pytest.mark.slow
 def test_make_tiny_is_deterministic(tiny_dir, tmp_path):
     from covo_edge.export.tiny import make_tiny
 

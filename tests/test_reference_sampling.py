@@ -1,9 +1,10 @@
 """The reference's (torch) decoding rules, checked against direct numpy computations."""
 
 import numpy as np
-import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import needs
+
+torch = needs("torch", "export")
 
 from covo_edge.export.generate import reference_penalize, reference_pick, reference_process_logits  # noqa: E402
 from covo_edge.runtime.sampling import LATER_TURNS, Sampling, process_logits  # noqa: E402

@@ -2,7 +2,9 @@
 
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import needs
+
+torch = needs("torch", "export")
 
 from covo_edge.export.release import Release, load_token2wav  # noqa: E402
 

@@ -7,7 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import needs
+
+torch = needs("torch", "export")
 
 from safetensors.torch import load_file, save_file  # noqa: E402
 
@@ -90,7 +92,8 @@ def test_corrupt_token2wav_checkpoint(broken):
 
 
 def test_missing_voice(broken):
-    shutil.rmtree(broken / "token2wav" / "prompt")
+    for voice in ("prompt", "long"):
+        shutil.rmtree(broken / "token2wav" / voice)
     with pytest.raises(ReleaseError, match="no voice prompt dir"):
         Release.open(broken).voice()
 

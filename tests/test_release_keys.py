@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from conftest import shared_dir
+from conftest import needs, shared_dir
 
-torch = pytest.importorskip("torch")
+torch = needs("torch", "export")
 
 MANIFEST = "reference/covo_audio_state_dict_manifest.json"
 
@@ -15,7 +15,7 @@ MANIFEST = "reference/covo_audio_state_dict_manifest.json"
 def manifest():
     d = shared_dir()
     if d is None or not (d / MANIFEST).is_file():
-        pytest.skip(f"needs ../shared/{MANIFEST} (shipped beside the clone in CI, not in a fresh clone)")
+        pytest.skip(f"needs ../shared: {MANIFEST} (shipped beside the clone in CI, not in a fresh clone)")
     return json.loads((d / MANIFEST).read_text())
 
 

@@ -4,12 +4,14 @@ frames that never change, the system prompt's cache, and the streaming deviation
 import numpy as np
 import pytest
 
+from conftest import needs
+
 from covo_edge.runtime import Assistant, Debug, Token2Wav
 from covo_edge.runtime.streaming import SpeechStream, Streaming, VocoderStream, deviation, voice_cache
-from covo_edge.runtime.synthetic import synthetic_utterance
+from covo_edge.runtime.synthetic import interleaved_reply, synthetic_utterance
 from covo_edge.runtime.token2wav import NoiseTape
 
-pytest.importorskip("torch", reason="the artifacts these tests run on are exported with torch")
+needs("torch", "export")
 
 CODES = 151671
 INTERLEAVED = [100 + i if i % 20 < 5 else CODES + (997 * i) % 16384 for i in range(70)]  # 5 text, 15 codes
@@ -146,3 +148,54 @@ def test_the_system_prompt_cache_gives_the_same_logits(assistant):
     whole = assistant.backend.run("backbone", feeds, host=["logits"])["logits"][0]
     np.testing.assert_allclose(dump["prefill_logits"], whole, atol=1e-4 * np.abs(whole).max())
     assert np.argmax(dump["prefill_logits"]) == np.argmax(whole)
+
+
+# The real windows: the tiny release's `long` voice has a 643-frame prompt (past the 512-frame prompt window,
+# as the released 1167-frame voice always is) and this reply 240 codes, 957 frames (past the 512-frame history).
+LONG_REPLY = 320  # forced ids: 5 text, 15 codes, repeated
+MEL_BOUND, CHUNK_RMS_BOUND = 0.1, 0.25  # README, "Streamed speech": measured 0.041 and 0.110 here
+
+
+def streamed_and_exact(art, streaming: Streaming):
+    """One reply, the same tokens, seed and so noise, spoken whole and streamed: (latents, chunks, wav) each."""
+    a = Assistant.load(art, voice="long", streaming=streaming)
+    forced = interleaved_reply(LONG_REPLY, CODES, 16384, seed=7)
+    wav = synthetic_utterance(2.0, 16000, seed=1)
+    out = []
+    for mode in ("exact", "streaming"):
+        dump = {}
+        a.reset()
+        reply = a.reply(wav, 16000, seed=3, token2wav=mode, debug=Debug(force_tokens=forced, dump=dump))
+        chunks = np.split(dump["latents"][0], np.cumsum(dump["chunk_frames"])[:-1]) if mode == "streaming" else None
+        out.append((dump["latents"], chunks, reply.audio))
+    return a, out
+
+
+def test_streamed_speech_stays_within_the_stated_bound_of_the_exact_speech(tiny_art):
+    """With both windows active (the prompt cut to its last 512 frames, the reply's history dropped past 512),
+    streamed speech is within the README's bound of the exact computation of the same reply: log-mel L1 and
+    each chunk's latent RMS difference relative to the exact latents."""
+    a, ((exact, _, exact_wav), (_, chunks, wav)) = streamed_and_exact(tiny_art, Streaming())
+    frames = sum(len(c) for c in chunks)
+    assert len(a.voice.prompt_latent) > a.streaming.prompt_frames and frames > a.streaming.history_frames
+    dev = deviation(exact, chunks, exact_wav, wav, 240)
+    print("streaming deviation, both windows active:", dev)
+    assert frames == exact.shape[1] and len(chunks) >= 6
+    assert dev.log_mel_l1 <= MEL_BOUND and max(dev.latent_rms) <= CHUNK_RMS_BOUND
+
+
+def test_both_windows_change_what_is_streamed(t2w, tiny_art):
+    """The prompt cut and the history drop both run: without either window the streamed latents differ (the
+    prompt cut from the first chunk on, the history drop only in chunks past 512 frames of reply)."""
+    a = Assistant.load(tiny_art, voice="long")
+    voice = a.voice
+    codes, noise = codes_and_noise(t2w, voice, 240)
+    windowed = streamed(t2w, voice, codes, noise, Streaming())
+    whole_prompt = streamed(t2w, voice, codes, noise, Streaming(prompt_frames=None))
+    whole_history = streamed(t2w, voice, codes, noise, Streaming(history_frames=None))
+    assert not np.array_equal(windowed[0], whole_prompt[0])
+    lengths = np.array([len(c) for c in windowed])
+    late = int(np.argmax(np.cumsum(lengths) - lengths > 512))  # the first chunk with more than 512 frames before it
+    assert late > 0
+    assert all(np.array_equal(x, y) for x, y in zip(windowed[:late], whole_history[:late]))
+    assert not np.array_equal(windowed[-1], whole_history[-1])

@@ -85,7 +85,7 @@ def test_backend_options_are_checked(tiny_art, engines_index):
         load_backend("tensorrt", tiny_art, manifest, "cpu", engines=tiny_art)
 
 
-@pytest.mark.skipif(isinstance(probe(), Gpu), reason="a CUDA GPU is present")
+@pytest.mark.skipif(isinstance(probe(), Gpu), reason="only without a GPU (a CUDA GPU is present)")
 def test_without_a_gpu_the_backend_refuses_before_touching_tensorrt(tiny_art, engines_index):
     folder, _ = engines_index(tiny_art)
     with pytest.raises(DeviceError, match="needs a CUDA GPU: .*use --backend onnxruntime"):

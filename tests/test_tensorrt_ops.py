@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-onnx = pytest.importorskip("onnx")
+from conftest import needs
+
+onnx = needs("onnx", "export")
 
 from covo_edge.runtime.manifest import Manifest  # noqa: E402
 

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import needs
 from tokenizers import Tokenizer
 
 from covo_edge.export.tokenizer import SPECIAL_TOKENS, VOCAB_SIZE_TEXT, write_tokenizer
@@ -109,8 +111,7 @@ def test_deterministic(tmp_path: Path) -> None:
         [sys.executable, "-c", "import sys; from covo_edge.export.tokenizer import write_tokenizer; write_tokenizer(sys.argv[1])",
          str(tmp_path / "c")],
         check=True,
-        env=env,
-    )
+        env=env, timeout=600)
     for name in FILES:
         reference = (tmp_path / "a" / name).read_bytes()
         assert (tmp_path / "b" / name).read_bytes() == reference, name
@@ -118,7 +119,7 @@ def test_deterministic(tmp_path: Path) -> None:
 
 
 def test_transformers_agrees(out_dir: Path, tok: Tokenizer) -> None:
-    transformers = pytest.importorskip("transformers")
+    transformers = needs("transformers", "export")
     hf = transformers.AutoTokenizer.from_pretrained(str(out_dir))
     assert len(hf) == 151671
     assert hf.eos_token == "<|im_end|>" and hf.eos_token_id == 151645
@@ -132,7 +133,7 @@ def test_transformers_agrees(out_dir: Path, tok: Tokenizer) -> None:
 
 
 def test_chat_template_defaults_to_covo_prompt(out_dir: Path) -> None:
-    transformers = pytest.importorskip("transformers")
+    transformers = needs("transformers", "export")
     hf = transformers.AutoTokenizer.from_pretrained(str(out_dir))
     rendered = hf.apply_chat_template(
         [{"role": "user", "content": "你好"}], tokenize=False, add_generation_prompt=True

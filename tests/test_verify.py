@@ -1,12 +1,14 @@
 """`covo-edge verify`'s comparison: Polygraphy's comparator with a tolerance per precision, a table, exit
-status 1 on a failure. Engines cannot run here, so an injected backend stands in for the engine side:
-ONNX Runtime itself (must pass) and ONNX Runtime with one output perturbed (must fail). This checks the
-comparison, not any engine."""
+status 1 on a failure. Engines cannot run here, so an injected backend stands in for the engine side: the
+PyTorch reference's modules (an independent computation of the same graphs: must pass at fp32 tolerance)
+and ONNX Runtime with one output perturbed (must fail). This checks the comparison, not any engine."""
 
 import numpy as np
 import pytest
 
-pytest.importorskip("polygraphy")
+from conftest import needs
+
+needs("polygraphy", "engines")
 
 from covo_edge.engines.verify import compare, run_verify, tolerance, verify
 from covo_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -37,12 +39,41 @@ class _Perturbed(OnnxRuntimeBackend):
         return out
 
 
-def test_verify_table_and_exit_status(tiny_art, engines_index, capsys):
-    folder, _ = engines_index(tiny_art, ["audio_adapter", "backbone"])
+class _Reference:
+    """The PyTorch reference's adapter, embedding table and vocoder behind the backend interface."""
+
+    device = "cpu"
+
+    def __init__(self, chat):
+        self.chat = chat
+
+    def prepare(self, graphs):
+        pass
+
+    def run(self, graph, feeds, host=()):
+        import torch
+
+        x = {k: torch.from_numpy(np.asarray(v)) for k, v in feeds.items()}
+        with torch.no_grad():
+            if graph == "audio_adapter":
+                return {"features": self.chat.model.audio_adapter(x["hidden"]).numpy()}
+            if graph == "embed_tokens":
+                return {"inputs_embeds": self.chat.model.llm.get_input_embeddings()(x["input_ids"]).numpy()}
+            if graph == "vocoder":
+                return {"wav": self.chat.token2wav.wavegan(x["latents"]).numpy()}
+        raise KeyError(graph)
+
+
+GRAPHS = ["audio_adapter", "embed_tokens", "vocoder"]
+
+
+def test_verify_passes_the_reference_and_fails_a_perturbed_graph(tiny_art, tiny_chat, engines_index, capsys):
+    folder, _ = engines_index(tiny_art, GRAPHS)
     manifest = Manifest.load(tiny_art)
-    rows = verify(tiny_art, folder, OnnxRuntimeBackend(tiny_art, manifest))
-    assert {(r.graph, r.profile) for r in rows} == {("audio_adapter", 0), ("backbone", 0), ("backbone", 1)}
-    assert all(r.passed and r.max_abs == 0 for r in rows) and len(rows) == 1 + 2 * (1 + 4)
+    rows = verify(tiny_art, folder, _Reference(tiny_chat))
+    assert {r.graph for r in rows} == set(GRAPHS) and all(r.profile == 0 for r in rows)
+    assert all(r.passed for r in rows), [r for r in rows if not r.passed]
+    assert any(r.max_abs > 0 for r in rows)  # two computations, not one compared with itself
     assert run_verify(str(tiny_art), str(folder), _Perturbed(tiny_art, manifest)) == 1
     out = capsys.readouterr().out
     assert "audio_adapter" in out and "FAIL" in out and "1 engine(s) differ from ONNX Runtime: audio_adapter" in out
@@ -52,7 +83,7 @@ def test_verify_refuses_without_a_gpu(tiny_art, engines_index, capsys):
     from covo_edge.runtime.backends.cuda import Gpu, probe
 
     if isinstance(probe(), Gpu):
-        pytest.skip("a CUDA GPU is present")
+        pytest.skip("only without a GPU (a CUDA GPU is present)")
     folder, _ = engines_index(tiny_art, ["vocoder"])
     assert main(["verify", str(tiny_art), "--engines", str(folder)]) == 2
     err = capsys.readouterr().err.strip()
