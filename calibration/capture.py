@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from covo_edge.runtime.assistant import Assistant
+from covo_edge.runtime.assistant import Assistant, Model
 from covo_edge.runtime.backends import Backend, load_backend
 from covo_edge.runtime.errors import InputError
 from covo_edge.runtime.frontend import load_audio
@@ -129,7 +129,7 @@ def capture(artifacts: Path, graphs: Iterable[str], inputs: list[Utterance], sou
     manifest = Manifest.load(artifacts)
     store: dict[str, list[dict[str, np.ndarray]]] = {g: [] for g in graphs}
     backend = RecordingBackend(load_backend("onnxruntime", artifacts, manifest, "cpu"), store)
-    assistant = Assistant(artifacts, manifest, backend, "text", None)
+    assistant = Assistant(Model(artifacts, manifest, backend, "text"), None)
     for i, u in enumerate(inputs):
         if i % 2 == 0:
             assistant.reset()

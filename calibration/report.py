@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covo_edge.runtime.assistant import Assistant, Debug
+from covo_edge.runtime.assistant import Assistant, Debug, Model
 from covo_edge.runtime.backends import load_backend
 from covo_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from covo_edge.runtime.manifest import SPEECH_GRAPHS, Manifest
@@ -79,7 +79,7 @@ def _teacher_forced(artifacts: Path, manifest: Manifest, turns: list[Utterance],
     backend = load_backend("onnxruntime", artifacts, manifest, "cpu")
     if feeds is not None:
         backend = RecordingBackend(backend, feeds, outputs)
-    assistant = Assistant(artifacts, manifest, backend, "text", None)
+    assistant = Assistant(Model(artifacts, manifest, backend, "text"), None)
     logits = []
     for u, ids in zip(turns, forced):
         dump: dict[str, np.ndarray] = {}

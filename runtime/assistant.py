@@ -4,7 +4,13 @@
     reply = assistant.reply(wav, sample_rate)          # .text, .audio_codes, .audio (24 kHz float32)
     for chunk in assistant.stream(wav2, sample_rate):  # text deltas as they decode, then the audio
         ...
+    assistant.truncate(audio_ms)                       # the user heard only this much of the last reply
     assistant.reset()
+
+What is loaded once (graphs, tokenizer, voices and their streaming caches, the system prompt's KV cache)
+is a `Model`; each `Conversation` owns only its KV cache, length and turn count, so many conversations
+share one model (`model.conversation()`), from several threads: the model runs one graph call at a time.
+`Assistant` is one model with one conversation.
 
 A turn is four stages, each timed the same way: encode the audio (frontend, encoder, adapter), prefill
 the prompt, decode the reply, speak it (token2wav, vocoder). Speaking is done whole after the decode
@@ -14,8 +20,9 @@ within about a second). DESIGN.md, "The runtime" and "Streaming speech", says wh
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -47,8 +54,34 @@ class Reply:
     audio: np.ndarray | None  # 24 kHz float32; None in text mode, or when the reply holds no audio codes
     sample_rate: int
     tokens: np.ndarray  # every new id, the stop id included
-    finish_reason: str  # "stop" | "length" | "context_full"
+    finish_reason: str  # "stop" | "length" | "context_full" | "cancelled"
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, first_text and first_audio
+    alignment: np.ndarray | None = None  # per token: the reply's audio samples that must play before it is heard
+
+
+def audio_alignment(tokens: np.ndarray, code_offset: int, samples_per_code: int, lead: int) -> np.ndarray:
+    """Per token, the sample of the reply's audio by which it has been heard: an audio code when its own
+    samples have played (code j ends at samples_per_code * (j + 1) - lead), a text id with the next code
+    (the text rides on the speech that follows it), anything after the last code at the audio's end."""
+    codes = np.flatnonzero(tokens >= code_offset)
+    if not len(codes):
+        return np.zeros(len(tokens), np.int64)
+    ends = samples_per_code * np.arange(1, len(codes) + 1, dtype=np.int64) - lead
+    return np.append(ends, ends[-1])[np.searchsorted(codes, np.arange(len(tokens)))]
+
+
+class Cancel:
+    """Set from anywhere (another thread, a server's event loop) to end a running turn within one decode
+    step or one token2wav chunk; the turn then ends as `cancelled`, its history kept up to the cut."""
+
+    def __init__(self):
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
 
 
 @dataclass
@@ -151,54 +184,162 @@ class _TextStream:
         return delta
 
 
-class Assistant:
-    """One conversation on one artifacts directory. Built by `Assistant.load`."""
+class _Serialized:
+    """A backend whose graph calls run one at a time, whichever conversation or thread makes them: a backend
+    session (and a GPU stream) is one worker, and every call already uses all of its threads. `waited`
+    adds up the seconds calls spent queued behind another conversation's."""
 
-    def __init__(self, artifacts: Path, manifest: Manifest, backend: Backend, mode: Mode, voice: Voice | None,
+    def __init__(self, backend: Backend):
+        self.inner = backend
+        self.lock = threading.Lock()
+        self.waited = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def prepare(self, graphs: Iterable[str]) -> None:
+        with self.lock:
+            self.inner.prepare(graphs)
+
+    def run(self, graph: str, feeds: Mapping[str, Any], host: Iterable[str] = ()) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        with self.lock:
+            self.waited += time.perf_counter() - t0
+            return self.inner.run(graph, feeds, host)
+
+    def to_host(self, value: Any) -> np.ndarray:
+        with self.lock:
+            return self.inner.to_host(value)
+
+
+class Model:
+    """What is loaded once and shared by every conversation: the manifest, the backend and its graphs, the
+    tokenizer, the voices with their tables and streaming caches, the system prompt's KV cache. Built by
+    `Model.load`; `conversation()` opens a conversation on it, which costs only that conversation's KV cache."""
+
+    def __init__(self, artifacts: Path, manifest: Manifest, backend: Backend, mode: Mode,
                  streaming: Streaming = Streaming()):
         self.artifacts = artifacts
         self.manifest = manifest
-        self.backend = backend
+        self.backend = _Serialized(backend)
         self.mode = mode
-        self.voice = voice
         self.streaming = streaming
         ids = manifest.tokenizer.ids
-        self._tokenizer = load_tokenizer(artifacts / "tokenizer.json")
-        self._code_offset = manifest.tokenizer.audio_code_offset
-        self._audio_slot = ids["<|cAUDIO|>"]
-        self._stop_id = ids["<|im_end|>" if mode == "speech" else "<|endoftext|>"]
-        self._dtype = np.float16 if manifest.dtype == "float16" else np.float32
-        self._token2wav = Token2Wav(backend, manifest) if mode == "speech" else None
-        self._past_names = manifest.llm.past_names
-        self._present_names = manifest.llm.present_names
-        self._ones = np.ones((1, self.max_context), np.int64)  # attention mask: a view per step
-        backend.prepare([g for g in GRAPH_IO if mode == "speech" or g not in SPEECH_GRAPHS])
-        # The voice's tables and cache for streamed speech, so that no turn waits for them.
-        self._voice_cache = None
-        if self._token2wav is not None:
-            self._voice_cache = voice_cache(self._token2wav, voice, streaming.prompt_frames)
-        self._prefix = self._system_prompt()
-        self.reset()
+        self.tokenizer = load_tokenizer(artifacts / "tokenizer.json")
+        self.code_offset = manifest.tokenizer.audio_code_offset
+        self.audio_slot = ids["<|cAUDIO|>"]
+        self.stop_id = ids["<|im_end|>" if mode == "speech" else "<|endoftext|>"]
+        self.dtype = np.float16 if manifest.dtype == "float16" else np.float32
+        self.token2wav = Token2Wav(self.backend, manifest) if mode == "speech" else None
+        self.ones = np.ones((1, self.max_context), np.int64)  # attention mask: a view per step
+        self.backend.prepare([g for g in GRAPH_IO if mode == "speech" or g not in SPEECH_GRAPHS])
+        self._voices: dict[str, tuple[Voice, Any]] = {}
+        self._voices_lock = threading.Lock()
+        if mode == "speech":
+            self.voice()  # the default voice's tables and cache for streamed speech, so no turn waits for them
+        self.prefix = self._system_prompt()
 
     @classmethod
     def load(cls, artifacts: str | Path, backend: BackendName = "onnxruntime", device: Device = "cpu",
-             mode: Mode = "speech", voice: str | None = None, streaming: Streaming = Streaming(),
-             engines: str | Path | None = None) -> Assistant:
+             mode: Mode = "speech", streaming: Streaming = Streaming(), engines: str | Path | None = None) -> Model:
         """Open an artifacts directory written by `covo-edge export`: the manifest and every graph the mode
-        needs are checked and loaded now, and the voice's cache for streamed speech computed, so the first
-        turn pays for none of it. `streaming` sets the chunk schedule of streamed speech; `engines` is the
-        folder `covo-edge build` wrote, for backend="tensorrt"."""
+        needs are checked and loaded now, the default voice's cache for streamed speech computed and the
+        system prompt prefilled, so the first turn pays for none of it. `streaming` sets the chunk schedule
+        of streamed speech; `engines` is the folder `covo-edge build` wrote, for backend="tensorrt"."""
         if mode not in MODES:
             raise OptionError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         artifacts = Path(artifacts)
         manifest = Manifest.load(artifacts)
-        chosen = manifest_voice(artifacts, manifest, voice) if mode == "speech" else None
-        return cls(artifacts, manifest, load_backend(backend, artifacts, manifest, device, engines), mode, chosen,
-                   streaming)
+        return cls(artifacts, manifest, load_backend(backend, artifacts, manifest, device, engines), mode, streaming)
 
     @property
     def max_context(self) -> int:
         return self.manifest.llm.max_context
+
+    @property
+    def voices(self) -> list[str]:
+        return list(self.manifest.voices)
+
+    def voice(self, name: str | None = None) -> Voice:
+        """A voice of the artifacts (default: the first exported), its streaming cache computed once."""
+        return self._voice(name)[0]
+
+    def voice_cache(self, voice: Voice) -> Any:
+        return self._voice(voice.name)[1]
+
+    def _voice(self, name: str | None) -> tuple[Voice, Any]:
+        name = name or next(iter(self.manifest.voices), None)
+        with self._voices_lock:
+            if name not in self._voices:
+                voice = manifest_voice(self.artifacts, self.manifest, name)
+                self._voices[voice.name] = (voice, voice_cache(self.token2wav, voice, self.streaming.prompt_frames))
+            return self._voices[name]
+
+    def conversation(self, voice: str | None = None) -> Conversation:
+        """A new conversation on this model, spoken in `voice` (speech mode; default: the first exported)."""
+        return Conversation(self, self.voice(voice) if self.mode == "speech" else None)
+
+    def _system_prompt(self) -> _Prefix:
+        """Every conversation's first turn starts with the same ids (the system prompt and the template up
+        to the question's audio): their keys and values are computed once, here, and each first turn only
+        prefills the rest. The shared ids are those the renderings without and with audio agree on."""
+        llm = self.manifest.llm
+        a, b = (self.tokenizer.encode(self.manifest.prompt.render(n, True)).ids for n in (0, 1))
+        n = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+        ids = np.asarray(a[:n], np.int64)
+        embeds = self.backend.run("embed_tokens", {"input_ids": ids[None]}, host=["inputs_embeds"])["inputs_embeds"]
+        empty = np.zeros((1, llm.num_kv_heads, 0, llm.head_dim), self.dtype)
+        _, past = self.feed(embeds, [empty] * len(llm.past_names), 0, n)
+        return _Prefix(ids, embeds[0], past)
+
+    def feed(self, embeds: Any, past: list[Any], length: int, n_new: int) -> tuple[np.ndarray, list[Any]]:
+        """Append n_new positions to a KV cache of `length`: the last position's logits [V] and the new cache."""
+        llm = self.manifest.llm
+        total = length + n_new
+        feeds = {
+            "inputs_embeds": embeds,
+            "attention_mask": self.ones[:, :total],
+            "position_ids": np.arange(length, total, dtype=np.int64)[None],
+            **dict(zip(llm.past_names, past)),
+        }
+        out = self.backend.run("backbone", feeds, host=["logits"])
+        return out["logits"][0], [out[n] for n in llm.present_names]
+
+
+class Conversation:
+    """One conversation on a shared `Model`: its KV cache, length and turn count, and the last reply's
+    alignment for `truncate`. Built by `Model.conversation()` (or `Assistant.load` for one model, one
+    conversation)."""
+
+    def __init__(self, model: Model, voice: Voice | None):
+        self.model = model
+        self.voice = voice
+        self._last: tuple[Reply, int] | None = None  # the last reply and where its tokens start in the cache
+        self.reset()
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.model.manifest
+
+    @property
+    def backend(self) -> Backend:
+        return self.model.backend
+
+    @property
+    def artifacts(self) -> Path:
+        return self.model.artifacts
+
+    @property
+    def mode(self) -> Mode:
+        return self.model.mode
+
+    @property
+    def streaming(self) -> Streaming:
+        return self.model.streaming
+
+    @property
+    def max_context(self) -> int:
+        return self.model.max_context
 
     @property
     def context_length(self) -> int:
@@ -209,25 +350,39 @@ class Assistant:
     def turns(self) -> int:
         return self._turns
 
+    @property
+    def last_reply(self) -> Reply | None:
+        """The last turn's reply (cancelled ones too): what `truncate` cuts."""
+        return self._last[0] if self._last else None
+
     def reset(self) -> None:
         """Forget the conversation: back to the system prompt's cached keys and values, turn count 0."""
-        self._past: list[Any] = list(self._prefix.past)
-        self._length = len(self._prefix.ids)
+        self._past: list[Any] = list(self.model.prefix.past)
+        self._length = len(self.model.prefix.ids)
         self._turns = 0
+        self._last = None
 
-    def _system_prompt(self) -> _Prefix:
-        """Every conversation's first turn starts with the same ids (the system prompt and the template up
-        to the question's audio): their keys and values are computed once, here, and each first turn only
-        prefills the rest. The shared ids are those the renderings without and with audio agree on."""
-        llm = self.manifest.llm
-        empty = np.zeros((1, llm.num_kv_heads, 0, llm.head_dim), self._dtype)
-        self._past, self._length = [empty] * len(self._past_names), 0
-        a, b = (self._tokenizer.encode(self.manifest.prompt.render(n, True)).ids for n in (0, 1))
-        n = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
-        ids = np.asarray(a[:n], np.int64)
-        embeds = self.backend.run("embed_tokens", {"input_ids": ids[None]}, host=["inputs_embeds"])["inputs_embeds"]
-        self._feed(embeds, n)
-        return _Prefix(ids, embeds[0], list(self._past))
+    def truncate(self, audio_ms: float) -> str:
+        """The user heard only the first `audio_ms` ms of the last reply's audio: keep its tokens up to the
+        last audio code whose samples lie within them (with the text ids before that code), roll the KV cache
+        back to there (no recomputation), and return the transcript kept. The next turn continues from it."""
+        if self._last is None:
+            raise InputError("there is no reply to truncate: truncate() follows a turn")
+        reply, start = self._last
+        if reply.alignment is None or reply.audio is None:
+            raise InputError("the last reply has no audio to truncate")
+        heard = int(np.floor(float(audio_ms) * reply.sample_rate / 1000))
+        if not 0 <= heard <= len(reply.audio):
+            raise InputError(f"audio_ms must be between 0 and the reply's {1000 * len(reply.audio) / reply.sample_rate:g} "
+                             f"ms of audio, got {audio_ms}")
+        keep = int(np.searchsorted(reply.alignment, heard, side="right"))  # alignment never decreases
+        fed = self._length - start
+        if keep < fed:
+            self._past = [np.ascontiguousarray(self.backend.to_host(p)[:, :, : start + keep]) for p in self._past]
+            self._length = start + keep
+        kept = reply.tokens[:keep]
+        text_ids = kept[(kept < self.model.code_offset) & (kept != self.model.stop_id)]
+        return self.model.tokenizer.decode(text_ids.tolist(), skip_special_tokens=True)
 
     def default_sampling(self) -> Sampling:
         """Upstream's rules: greedy on the first turn, sampling afterwards."""
@@ -235,25 +390,27 @@ class Assistant:
 
     def reply(self, wav: np.ndarray, sample_rate: int, *, greedy: bool | None = None, sampling: Sampling | None = None,
               max_new_tokens: int | None = None, seed: int | None = None, token2wav: Token2WavMode = "exact",
-              debug: Debug | None = None) -> Reply:
+              cancel: Cancel | None = None, debug: Debug | None = None) -> Reply:
         """Answer one spoken turn; `stream` takes the same arguments. The audio comes whole, so it is computed
         whole by default: upstream's computation, no streaming approximation."""
         for chunk in self.stream(wav, sample_rate, greedy=greedy, sampling=sampling, max_new_tokens=max_new_tokens,
-                                 seed=seed, token2wav=token2wav, debug=debug):
+                                 seed=seed, token2wav=token2wav, cancel=cancel, debug=debug):
             if chunk.reply is not None:
                 return chunk.reply
         raise AssertionError("stream ended without a reply")
 
     def stream(self, wav: np.ndarray, sample_rate: int, *, greedy: bool | None = None,
                sampling: Sampling | None = None, max_new_tokens: int | None = None, seed: int | None = None,
-               token2wav: Token2WavMode = "streaming", debug: Debug | None = None) -> Iterator[Chunk]:
+               token2wav: Token2WavMode = "streaming", cancel: Cancel | None = None,
+               debug: Debug | None = None) -> Iterator[Chunk]:
         """Answer one spoken turn, yielding text deltas as they decode and audio as it is ready.
 
         greedy: override the turn's default (greedy on turn 1 only); sampling: full control of the rules;
         max_new_tokens: cap on new ids (default from the manifest); seed: sampling and ODE noise;
         token2wav: "streaming" (default here: audio chunks while the reply decodes, an approximation whose
         distance from the whole-reply computation `streaming.deviation` measures) or "exact" (the audio
-        in the last chunk).
+        in the last chunk); cancel: a `Cancel` that ends the turn early (so does closing the iterator: the
+        conversation then holds the reply up to the cut, as it holds a finished one).
         """
         if token2wav not in TOKEN2WAV_MODES:
             raise OptionError(f"token2wav must be one of {', '.join(TOKEN2WAV_MODES)}, got {token2wav!r}")
@@ -271,63 +428,88 @@ class Assistant:
         # Sampling and the ODE noise draw from separate generators: the noise of a frame is then the same
         # whether the reply is spoken whole or streamed, whatever was sampled in between.
         sample_rng, noise_rng = np.random.default_rng(seed).spawn(2)
-        return self._turn(wav, sample_rate, s, limit, sample_rng, noise_rng, token2wav, debug)
+        return self._turn(wav, sample_rate, s, limit, sample_rng, noise_rng, token2wav, cancel or Cancel(), debug)
 
     def _turn(self, wav: np.ndarray, sample_rate: int, sampling: Sampling, limit: int, rng: np.random.Generator,
-              noise_rng: np.random.Generator, token2wav: Token2WavMode, debug: Debug) -> Iterator[Chunk]:
+              noise_rng: np.random.Generator, token2wav: Token2WavMode, cancel: Cancel,
+              debug: Debug) -> Iterator[Chunk]:
+        m = self.model
         clock = _Clock()
         n_slots, features = self._encode_audio(wav, sample_rate, clock, debug)
-        ids = np.asarray(self._tokenizer.encode(self.manifest.prompt.render(n_slots, self._turns == 0)).ids, np.int64)
-        cached = len(self._prefix.ids) if self._turns == 0 else 0  # the system prompt is in the cache already
-        if not np.array_equal(ids[:cached], self._prefix.ids[:cached]):
+        ids = np.asarray(m.tokenizer.encode(self.manifest.prompt.render(n_slots, self._turns == 0)).ids, np.int64)
+        cached = len(m.prefix.ids) if self._turns == 0 else 0  # the system prompt is in the cache already
+        if not np.array_equal(ids[:cached], m.prefix.ids[:cached]):
             raise AssertionError("the first turn's prompt does not start with the cached system prompt")
         self._check_room(len(ids) - cached)
         with clock("prefill"):
             logits = self._prefill(ids, cached, features, debug)
-        text = _TextStream(self._tokenizer)
+        start = self._length
+        text = _TextStream(m.tokenizer)
         speech = self._speech(noise_rng, token2wav, debug)
         tokens: list[int] = []
         audio: list[np.ndarray] = []
-        for tok in self._decode(logits, ids, sampling, limit, rng, clock, debug):
-            tokens.append(tok)
-            if tok < self._code_offset and tok != self._stop_id:
-                delta = text.push(tok)
-                if delta:
-                    clock.mark("first_text")
-                    yield Chunk(text=delta)
-            elif tok >= self._code_offset and speech is not None:
-                new = speech.push(tok - self._code_offset, clock)
-                if new.size:
-                    audio.append(new)
-                    clock.mark("first_audio")
-                    yield Chunk(audio=new)
-        self._turns += 1
+        finished = False
+        try:
+            for tok in self._decode(logits, ids, sampling, limit, rng, clock, cancel, debug):
+                tokens.append(tok)
+                if tok < m.code_offset and tok != m.stop_id:
+                    delta = text.push(tok)
+                    if delta:
+                        clock.mark("first_text")
+                        yield Chunk(text=delta)
+                elif tok >= m.code_offset and speech is not None:
+                    new = speech.push(tok - m.code_offset, clock)
+                    if new.size:
+                        audio.append(new)
+                        clock.mark("first_audio")
+                        yield Chunk(audio=new)
+            finished = True
+        finally:
+            if not finished:  # the caller closed the stream: the turn ends here, its history kept to the cut
+                self._close(tokens, None, start, "cancelled", clock)
+        if not tokens:  # cancelled before the first token
+            reply = self._close(tokens, None, start, "cancelled", clock)
+            yield Chunk(reply=reply)
+            return
         tokens_a = np.asarray(tokens, np.int64)
-        codes = tokens_a[tokens_a >= self._code_offset] - self._code_offset
+        codes = tokens_a[tokens_a >= m.code_offset] - m.code_offset
         last = None
-        if speech is not None and codes.size:
+        if speech is not None and codes.size and not cancel.is_set():  # cancelled: the audio sent so far is all
             last = speech.finish(codes, clock)
             audio.append(last)
             clock.mark("first_audio")
-        text_ids = tokens_a[tokens_a < self._code_offset]
         clock.timings["decode_per_token"] = clock.timings.get("decode", 0.0) / max(len(tokens) - 1, 1)
         whole = np.concatenate(audio) if audio else None
         debug.record(tokens=tokens_a, audio_codes=codes, **({} if whole is None else {"wav": whole}))
-        reply = Reply(
-            text=self._tokenizer.decode(text_ids.tolist(), skip_special_tokens=True), text_ids=text_ids,
-            audio_codes=codes, audio=whole,
-            sample_rate=self.manifest.token2wav.sample_rate, tokens=tokens_a,
-            finish_reason="stop" if tokens[-1] == self._stop_id else "length" if len(tokens) == limit else "context_full",
-            timings=clock.timings,
-        )
+        reason = ("cancelled" if cancel.is_set() else "stop" if tokens[-1] == m.stop_id
+                  else "length" if len(tokens) == limit else "context_full")
+        reply = self._close(tokens, whole, start, reason, clock)
         yield Chunk(text=reply.text[len(text.shown):], audio=last, reply=reply)
+
+    def _close(self, tokens: list[int], audio: np.ndarray | None, start: int, reason: str, clock: _Clock) -> Reply:
+        """End the turn the way every turn ends: the cache holds the prompt and the fed reply ids (the last id
+        is never fed, as upstream's `generate`), the turn counts, and the reply is kept for `truncate`."""
+        m = self.model
+        tokens_a = np.asarray(tokens, np.int64)
+        text_ids = tokens_a[tokens_a < m.code_offset]
+        self._turns += 1
+        t2w = m.manifest.token2wav
+        hop = t2w.sample_rate // 100  # 10 ms of audio per latent frame
+        reply = Reply(
+            text=m.tokenizer.decode(text_ids.tolist(), skip_special_tokens=True), text_ids=text_ids,
+            audio_codes=tokens_a[tokens_a >= m.code_offset] - m.code_offset, audio=audio,
+            sample_rate=t2w.sample_rate, tokens=tokens_a, finish_reason=reason, timings=clock.timings,
+            alignment=audio_alignment(tokens_a, m.code_offset, 4 * hop, 3 * hop),
+        )
+        self._last = (reply, start)
+        return reply
 
     def _encode_audio(self, wav: np.ndarray, sample_rate: int, clock: _Clock, debug: Debug) -> tuple[int, np.ndarray]:
         """Stage 1: the question's audio -> (number of <|cAUDIO|> slots, adapter frames [S*188, H])."""
         with clock("frontend"):
             wav24, n_slots, mel = frontend.prepare(wav, sample_rate)
         with clock("encoder"):
-            hidden = self.backend.run("audio_encoder", {"mel": mel.astype(self._dtype)}, host=["hidden"])["hidden"]
+            hidden = self.backend.run("audio_encoder", {"mel": mel.astype(self.model.dtype)}, host=["hidden"])["hidden"]
         with clock("adapter"):
             features = self.backend.run("audio_adapter", {"hidden": hidden}, host=["features"])["features"]
             features = features.reshape(-1, features.shape[-1])
@@ -347,22 +529,24 @@ class Assistant:
         frames in its <|cAUDIO|> slots, into the KV cache."""
         new = ids[cached:]
         embeds = self.backend.run("embed_tokens", {"input_ids": new[None]}, host=["inputs_embeds"])["inputs_embeds"]
-        slots = new == self._audio_slot
+        slots = new == self.model.audio_slot
         embeds[0, slots] = features[: int(slots.sum())].astype(embeds.dtype)
         logits = self._feed(embeds, len(new))
         if debug.dump is not None:
-            whole = np.concatenate([self._prefix.embeds, embeds[0]]) if cached else embeds[0]
+            whole = np.concatenate([self.model.prefix.embeds, embeds[0]]) if cached else embeds[0]
             debug.record(input_ids=ids, inputs_embeds=whole, prefill_logits=logits)
         return logits
 
     def _decode(self, logits: np.ndarray, ids: np.ndarray, sampling: Sampling, limit: int, rng: np.random.Generator,
-                clock: _Clock, debug: Debug) -> Iterator[int]:
-        """Stage 3: pick a token, feed it, repeat, until the stop id, `limit` ids or a full context. As
-        upstream, the token that ends the turn is never fed: the next turn continues right before it."""
+                clock: _Clock, cancel: Cancel, debug: Debug) -> Iterator[int]:
+        """Stage 3: pick a token, feed it, repeat, until the stop id, `limit` ids, a full context or a cancel.
+        As upstream, the token that ends the turn is never fed: the next turn continues right before it."""
         seq = np.empty(len(ids) + limit, np.int64)  # the turn's ids, for the penalties
         seq[: len(ids)] = ids
         rows = []
         for step in range(limit):
+            if cancel.is_set():
+                break
             with clock("decode"):
                 n = len(ids) + step
                 if debug.force_tokens is not None:
@@ -373,7 +557,7 @@ class Assistant:
                 if debug.step_logits:
                     rows.append(logits)
             yield tok
-            if tok == self._stop_id or step + 1 == limit or self._length + 1 > self.max_context:
+            if tok == self.model.stop_id or step + 1 == limit or self._length + 1 > self.max_context or cancel.is_set():
                 break
             with clock("decode"):
                 embeds = self.backend.run("embed_tokens", {"input_ids": np.array([[tok]], np.int64)})["inputs_embeds"]
@@ -381,28 +565,34 @@ class Assistant:
         debug.record_steps(rows)
 
     def _feed(self, embeds: Any, n_new: int) -> np.ndarray:
-        """Append n_new positions to the KV cache; the last position's logits [V] (float32)."""
-        total = self._length + n_new
-        feeds = {
-            "inputs_embeds": embeds,
-            "attention_mask": self._ones[:, :total],
-            "position_ids": np.arange(self._length, total, dtype=np.int64)[None],
-            **dict(zip(self._past_names, self._past)),
-        }
-        out = self.backend.run("backbone", feeds, host=["logits"])
-        self._past = [out[n] for n in self._present_names]
-        self._length = total
-        return out["logits"][0]
+        """Append n_new positions to the conversation's KV cache; the last position's logits [V] (float32)."""
+        logits, self._past = self.model.feed(embeds, self._past, self._length, n_new)
+        self._length += n_new
+        return logits
 
     def _speech(self, noise_rng: np.random.Generator, mode: Token2WavMode, debug: Debug) -> _Speaker | None:
         """Stage 4's speaker for this turn (None in text mode)."""
-        if self._token2wav is None:
+        t2w = self.model.token2wav
+        if t2w is None:
             return None
-        tape = NoiseTape(self._token2wav.tables(self.voice).noise, noise_rng, debug.noise)
+        tape = NoiseTape(t2w.tables(self.voice).noise, noise_rng, debug.noise)
         stream = None
         if mode == "streaming":
-            stream = SpeechStream(self._token2wav, self.voice, tape, self.streaming, self._voice_cache)
-        return _Speaker(self._token2wav, self.voice, tape, stream, debug)
+            stream = SpeechStream(t2w, self.voice, tape, self.streaming, self.model.voice_cache(self.voice))
+        return _Speaker(t2w, self.voice, tape, stream, debug)
+
+
+class Assistant(Conversation):
+    """One model, one conversation: the convenience for a single user (a CLI, a script). A server holds one
+    `Model` and a `Conversation` per client instead."""
+
+    @classmethod
+    def load(cls, artifacts: str | Path, backend: BackendName = "onnxruntime", device: Device = "cpu",
+             mode: Mode = "speech", voice: str | None = None, streaming: Streaming = Streaming(),
+             engines: str | Path | None = None) -> Assistant:
+        """`Model.load` (same arguments) with one conversation in `voice` on it."""
+        model = Model.load(artifacts, backend, device, mode, streaming, engines)
+        return cls(model, model.voice(voice) if mode == "speech" else None)
 
 
 class _Speaker:

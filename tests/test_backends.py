@@ -120,8 +120,8 @@ def test_a_dropped_cache_fails_the_second_turn(tiny_art, reference):
     """The check above is sensitive: the same turns with the cache zeroed between them match on turn 1 and
     are far off on turn 2."""
     a = Assistant.load(tiny_art, mode="text")
-    forgetful = _ForgetfulBackend(a.backend, a.manifest.llm.past_names)
-    a.backend = forgetful
+    forgetful = _ForgetfulBackend(a.model.backend, a.manifest.llm.past_names)
+    a.model.backend = forgetful
 
     def drop():
         forgetful.armed = True

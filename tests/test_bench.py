@@ -22,11 +22,11 @@ def test_bench_reports_both_sides_and_draws_them(tiny_dir, tiny_art, tiny_art16,
 
     out, chart = tmp_path / "b.json", tmp_path / "b.png"
     assert main(["bench", "--model-dir", str(tiny_dir), "--artifacts", str(tiny_art), "--compare", str(tiny_art16),
-                 "--new-tokens", "60", "--json", str(out), "--chart", str(chart)]) == 0
+                 "--new-tokens", "40", "--json", str(out), "--chart", str(chart)]) == 0
     result = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out) == result
     p = result["precision_decode"]
-    assert p["new_tokens"] == 60 and p["read_bandwidth_gbs"] > 0
+    assert p["new_tokens"] == 40 and p["read_bandwidth_gbs"] > 0
     rows = p["rows"]
     assert [r["artifacts"] for r in rows] == [str(tiny_art), str(tiny_art16)]
     assert [r["precision"] for r in rows] == ["float32", "float16"]
@@ -40,9 +40,9 @@ def test_bench_reports_both_sides_and_draws_them(tiny_dir, tiny_art, tiny_art16,
     assert all(rt[k] > 0 for k in ("time_to_first_audio_s", "time_to_first_audio_exact_s", "decode_ms_per_token",
                                    "read_floor_ms_per_token", "peak_rss_gb"))
     assert set(rt["token2wav_rtf"]) == {"exact", "streaming"} and ref["token2wav_rtf"]["exact"] > 0
-    assert rt["audio_codes"] == 45 and rt["speech_s"] == pytest.approx((4 * 45 - 3) * 240 / 24000)  # 60 forced: 15 text
+    assert rt["audio_codes"] == 30 and rt["speech_s"] == pytest.approx((4 * 30 - 3) * 240 / 24000)  # 40 forced: 10 text
     dev = rt["streaming_deviation"]
-    assert len(dev["latent_rms_per_chunk"]) == len(dev["chunk_frames"]) and sum(dev["chunk_frames"]) == 4 * 45 - 3
+    assert len(dev["latent_rms_per_chunk"]) == len(dev["chunk_frames"]) and sum(dev["chunk_frames"]) == 4 * 30 - 3
     assert {d["device"] for d in result["gpu_projection"]["devices"]} >= {"RTX 4090", "Jetson AGX Orin 64GB"}
     assert "not a measurement" in result["gpu_projection"]["note"]
     png = chart.read_bytes()

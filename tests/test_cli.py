@@ -78,25 +78,43 @@ def test_an_export_command_without_the_export_extra_says_so(tmp_path):
                                   "pip install 'covo-edge[export]'")
 
 
+def in_process(capsys, *args) -> tuple[int, str, str]:
+    """`covo-edge ARGS` run in this process (torch is imported here already): status, stdout, stderr."""
+    from covo_edge.runtime.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.mark.slow
-def test_make_tiny_reruns_with_force_and_the_demo_fits_a_screen(tmp_path):
+def test_make_tiny_reruns_with_force_and_the_demo_fits_a_screen(tmp_path, capsys):
     needs("torch", "export")
-    run("make-tiny", tmp_path / "tiny", "--seed", "1")
-    again = run("make-tiny", tmp_path / "tiny", "--seed", "1", "--force")
-    assert "wrote a random-weight tiny release" in again.stdout
+    assert in_process(capsys, "make-tiny", tmp_path / "tiny", "--seed", "1")[0] == 0
+    code, out, _ = in_process(capsys, "make-tiny", tmp_path / "tiny", "--seed", "1", "--force")
+    assert code == 0 and "wrote a random-weight tiny release" in out
     wav_path = tmp_path / "reply.wav"
-    demo = run("demo", "--model-dir", tmp_path / "tiny", "--output", wav_path, "--max-new-tokens", "300", check=False)
-    lines = demo.stdout.strip().splitlines()
-    assert len(lines) <= 6 and all(len(line) <= 240 for line in lines), demo.stdout
-    assert lines[2].startswith("text: ") and "characters)" in lines[2]  # 300 random ids: cut, length said
-    if demo.returncode == 0:
+    code, out, err = in_process(capsys, "demo", "--model-dir", tmp_path / "tiny", "--output", wav_path,
+                                "--max-new-tokens", "80")
+    lines = out.strip().splitlines()
+    assert len(lines) <= 6 and all(len(line) <= 240 for line in lines), out
+    assert lines[2].startswith("text: ")
+    if code == 0:
         info = sf.info(str(wav_path))
         assert info.samplerate == 24000 and info.frames % 240 == 0
     else:  # a random reply without audio codes is reported, not written as an empty wav
-        assert demo.returncode == 1 and "no audio codes" in demo.stderr and not wav_path.exists()
+        assert code == 1 and "no audio codes" in err and not wav_path.exists()
 
 
-def test_demo_errors_are_one_line(tmp_path):
+def test_demo_errors_are_one_line(tmp_path, capsys):
     needs("torch", "export")
-    bad = run("demo", "--model-dir", tmp_path / "missing", check=False)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a directory" in bad.stderr
+    code, _, err = in_process(capsys, "demo", "--model-dir", tmp_path / "missing")
+    assert code == 2 and err.count("\n") == 1 and "not a directory" in err
+
+
+def test_a_long_reply_is_cut_to_a_line_with_its_length_said():
+    from covo_edge.runtime.cli import shorten
+
+    assert shorten("short") == "'short'"
+    long = "x" * 500
+    assert shorten(long) == f"{'x' * 200!r}... (500 characters)"

@@ -4,6 +4,7 @@ The interface is deliberately small so TensorRT sits behind it too (`tensorrt.py
 `covo-edge build`):
     prepare(graphs)                     open these graphs now (each checked against the manifest)
     run(graph, feeds, host=names)       -> {output name: value}
+    to_host(value)                      -> the numpy array of an output that stayed on the backend
 Outputs named in `host` come back as numpy arrays; the others stay as backend-native device values
 (the KV cache, decode-step embeddings) that can be fed straight back in without a host round trip.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol, get_args
+
+import numpy as np
 
 from ..errors import OptionError
 from ..manifest import Manifest
@@ -30,6 +33,9 @@ class Backend(Protocol):
         """Load these graphs now, so the first turn does not pay for it; refuse files that break the manifest."""
 
     def run(self, graph: str, feeds: Mapping[str, Any], host: Iterable[str] = ()) -> dict[str, Any]: ...
+
+    def to_host(self, value: Any) -> np.ndarray:
+        """A backend-native value (a KV cache tensor) as a numpy array, e.g. to cut it; numpy passes through."""
 
 
 def load_backend(name: BackendName, artifacts: Path, manifest: Manifest, device: Device,

@@ -70,3 +70,6 @@ class OnnxRuntimeBackend:
         s.run_with_iobinding(binding)
         host = set(host)
         return {n: (v.numpy() if n in host else v) for n, v in zip(names, binding.get_outputs())}
+
+    def to_host(self, value: Any) -> np.ndarray:
+        return value.numpy() if isinstance(value, ort.OrtValue) else np.asarray(value)

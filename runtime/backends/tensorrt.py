@@ -179,3 +179,6 @@ class TensorRTBackend:
             raise DeviceError(f"{self.builder} failed to run {e.path}")
         host = set(host)
         return {n: cuda.to_host(v) if n in host else v for n, v in out.items()}
+
+    def to_host(self, value: Any) -> np.ndarray:
+        return self.cuda.to_host(value) if isinstance(value, DeviceArray) else np.asarray(value)
