@@ -86,55 +86,116 @@ def tiny_chat(tiny_dir):
     return ReferenceChat(tiny_dir)
 
 
-@pytest.fixture(scope="session")
-def _fp16_export(tiny_dir, tmp_path_factory):
-    """The fp16 export in a process of its own, started as soon as the session needs the tiny artifacts: an
-    export is one busy core (torch.export's tracing), so the two exports share the two cores in time."""
-    out = tmp_path_factory.mktemp("art") / "fp16"
-    log = out.with_name("fp16-export.log")
-    with open(log, "wb") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "covo_edge.runtime.cli", "export", str(tiny_dir), "-o", str(out),
-                                 "--dtype", "fp16", "--max-context", "1024"], stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        yield proc, out, log
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+class Background:
+    """A `covo-edge` command in a process of its own, started early so that it runs on the core the tests
+    leave idle (they run one at a time); waited for where its result is needed, killed if the session ends
+    first. Exports, engine builds and the bench are each one busy process."""
+
+    def __init__(self, log: Path, *args):
+        """stdout goes to `log`, stderr beside it (`log`.stderr)."""
+        self.stderr = log.with_name(log.name + ".stderr")
+        with open(log, "wb") as out, open(self.stderr, "wb") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "covo_edge.runtime.cli", *map(str, args)],
+                                         stdout=out, stderr=err)
+
+    def wait(self, timeout: float = 1800) -> None:
+        code = self.proc.wait(timeout=timeout)
+        assert code == 0, f"covo-edge exited {code}:\n{self.stderr.read_text()[-3000:]}"
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 @pytest.fixture(scope="session")
-def tiny_art(tiny_dir, tmp_path_factory, request) -> Path:
+def _jobs(tmp_path_factory):
+    """The session's background commands by name: (job, output path); killed at the end if still running."""
+    jobs: dict[str, tuple[Background, Path]] = {}
+    yield jobs
+    for job, _ in jobs.values():
+        job.kill()
+
+
+def _job(jobs: dict, tmp_path_factory, name: str, *args) -> tuple[Background, Path]:
+    """Start the background command `name` once (`{out}` in its args: its output path); (job, output path)."""
+    if name not in jobs:
+        out = tmp_path_factory.mktemp("jobs") / name
+        jobs[name] = Background(out.with_name(name + ".log"), *(str(a).replace("{out}", str(out)) for a in args)), out
+    return jobs[name]
+
+
+def _needed(request, fixture: str) -> bool:
+    return any(fixture in item.fixturenames for item in request.session.items)
+
+
+def _fp16_export(jobs, tmp_path_factory, tiny_dir: Path):
+    return _job(jobs, tmp_path_factory, "fp16", "export", tiny_dir, "-o", "{out}", "--dtype", "fp16",
+                "--max-context", "1024")
+
+
+@pytest.fixture(scope="session")
+def tiny_art(tiny_dir, tmp_path_factory, request, _jobs) -> Path:
     """fp32 artifacts of the tiny release (max context 1024 keeps engine profiles small), exported through
     `covo-edge export --voice prompt --voice long`: `prompt` (the default, 43 frames) and `long` (643 frames,
-    past the streaming windows)."""
+    past the streaming windows). The fp16 export runs beside it, in a process of its own."""
     from covo_edge.runtime.cli import main
 
-    if any("tiny_art16" in item.fixturenames for item in request.session.items):
-        request.getfixturevalue("_fp16_export")  # start it now, beside this one
+    if _needed(request, "tiny_art16"):
+        _fp16_export(_jobs, tmp_path_factory, tiny_dir)
     out = tmp_path_factory.mktemp("art") / "fp32"
     voices = [arg for v in TINY_VOICES for arg in ("--voice", v)]
     assert main(["export", str(tiny_dir), "-o", str(out), *voices, "--max-context", "1024"]) == 0  # the CLI path
+    if _needed(request, "rtx_engines"):
+        _rtx_build(_jobs, tmp_path_factory, "rtx-fp32", out)
     return out
 
 
 @pytest.fixture(scope="session")
-def tiny_art16(_fp16_export) -> Path:
+def tiny_art16(tiny_dir, tmp_path_factory, request, _jobs) -> Path:
     """fp16 artifacts of the tiny release (`covo-edge export --dtype fp16`)."""
-    proc, out, log = _fp16_export
-    assert proc.wait(timeout=1800) == 0, log.read_text()[-2000:]
+    job, out = _fp16_export(_jobs, tmp_path_factory, tiny_dir)
+    job.wait()
+    if _needed(request, "rtx_engines16"):
+        _rtx_build(_jobs, tmp_path_factory, "rtx-fp16", out)
+    if _needed(request, "bench_run"):
+        _bench(_jobs, tmp_path_factory, tiny_dir, request.getfixturevalue("tiny_art"), out)
+    return out
+
+
+def _rtx_build(jobs, tmp_path_factory, name: str, art: Path):
+    needs("tensorrt_rtx", "engines")
+    return _job(jobs, tmp_path_factory, name, "build", art, "--target", "rtx", "-o", "{out}")
+
+
+@pytest.fixture(scope="session")
+def rtx_engines(tiny_art, tmp_path_factory, _jobs) -> Path:
+    """`covo-edge build --target rtx` of the fp32 tiny artifacts (TensorRT-RTX builds without a GPU)."""
+    job, out = _rtx_build(_jobs, tmp_path_factory, "rtx-fp32", tiny_art)
+    job.wait()
     return out
 
 
 @pytest.fixture(scope="session")
-def rtx_engines(tiny_art, tmp_path_factory) -> Path:
-    """`covo-edge build --target rtx` of the fp32 tiny artifacts (TensorRT-RTX builds without a GPU)."""
-    needs("tensorrt_rtx", "engines")
-    from covo_edge.engines.folder import BuildOptions, build_engines
-
-    out = tmp_path_factory.mktemp("engines") / "fp32"
-    build_engines(tiny_art, out, BuildOptions("rtx"), progress=False)
+def rtx_engines16(tiny_art16, tmp_path_factory, _jobs) -> Path:
+    """`covo-edge build --target rtx` of the fp16 tiny artifacts."""
+    job, out = _rtx_build(_jobs, tmp_path_factory, "rtx-fp16", tiny_art16)
+    job.wait()
     return out
+
+
+def _bench(jobs, tmp_path_factory, tiny_dir: Path, art: Path, art16: Path):
+    needs("matplotlib", "export")
+    return _job(jobs, tmp_path_factory, "bench", "bench", "--model-dir", tiny_dir, "--artifacts", art,
+                "--compare", art16, "--new-tokens", 40, "--json", "{out}.json", "--chart", "{out}.png")
+
+
+@pytest.fixture(scope="session")
+def bench_run(tiny_dir, tiny_art, tiny_art16, tmp_path_factory, _jobs) -> tuple[Path, Path, Path]:
+    """One `covo-edge bench --compare` run (one bench is long): its JSON file, what it printed, its chart."""
+    job, out = _bench(_jobs, tmp_path_factory, tiny_dir, tiny_art, tiny_art16)
+    job.wait()
+    return out.with_suffix(".json"), out.with_name("bench.log"), out.with_suffix(".png")
 
 
 @pytest.fixture

@@ -15,16 +15,12 @@ RUNTIME_KEYS = {"time_to_first_audio_s", "time_to_first_audio_exact_s", "time_to
 
 
 @pytest.mark.slow
-def test_bench_reports_both_sides_and_draws_them(tiny_dir, tiny_art, tiny_art16, tmp_path, capsys):
-    """One run of `bench --compare` (one bench is long): both sides, the chart, and the decode of every
-    artifacts directory beside its own weight-read floor."""
-    from covo_edge.runtime.cli import main
-
-    out, chart = tmp_path / "b.json", tmp_path / "b.png"
-    assert main(["bench", "--model-dir", str(tiny_dir), "--artifacts", str(tiny_art), "--compare", str(tiny_art16),
-                 "--new-tokens", "40", "--json", str(out), "--chart", str(chart)]) == 0
-    result = json.loads(out.read_text())
-    assert json.loads(capsys.readouterr().out) == result
+def test_bench_reports_both_sides_and_draws_them(bench_run, tiny_art, tiny_art16):
+    """One run of `bench --compare` (one bench is long; it runs beside the other tests): both sides, the
+    chart, and the decode of every artifacts directory beside its own weight-read floor."""
+    saved, printed, chart = bench_run
+    result = json.loads(saved.read_text())
+    assert json.loads(printed.read_text()) == result  # what it prints is what it saves
     p = result["precision_decode"]
     assert p["new_tokens"] == 40 and p["read_bandwidth_gbs"] > 0
     rows = p["rows"]

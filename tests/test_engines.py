@@ -25,13 +25,6 @@ from covo_edge.runtime.errors import OptionError, OutputError
 from covo_edge.runtime.manifest import Manifest, sha256
 
 
-@pytest.fixture(scope="module")
-def rtx_engines16(tiny_art16, tmp_path_factory):
-    out = tmp_path_factory.mktemp("engines") / "fp16"
-    build_engines(tiny_art16, out, BuildOptions("rtx"), progress=False)
-    return out
-
-
 @pytest.mark.parametrize("precision", ["fp32", pytest.param("fp16", marks=pytest.mark.slow)])
 def test_build_writes_every_engine_and_what_it_was_built_from(request, precision):
     art = request.getfixturevalue("tiny_art" if precision == "fp32" else "tiny_art16")
