@@ -25,7 +25,13 @@ def pytest_configure(config):
                                        "still run in CI, skipped locally with --skip-slow")
 
 
+# Tests that wait for a background command (tests/conftest.py, Background) run last, so it has the longest time
+# to finish beside the others.
+LATE = ("bench_run", "rtx_engines16")
+
+
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: any(f in item.fixturenames for f in LATE))  # stable: the order is kept otherwise
     if config.getoption("--skip-slow"):
         skip = pytest.mark.skip(reason="slow, skipped by --skip-slow")
         for item in items:
@@ -58,6 +64,18 @@ def pytest_runtest_makereport(item, call):
 def pytest_make_collect_report(collector):
     outcome = yield
     _strict(outcome.get_result())
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """`covo-edge ARGS` in this process, as the console script runs it: (status, stdout, stderr)."""
+    from covo_edge.runtime.cli import main
+
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as e:  # argparse usage errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
 
 
 def needs(module: str, extra: str):

@@ -8,7 +8,7 @@ import sys
 import pytest
 import soundfile as sf
 
-from conftest import REPO, needs
+from conftest import REPO, cli, needs
 
 BLOCK_TORCH = (
     "import sys\n"
@@ -78,23 +78,14 @@ def test_an_export_command_without_the_export_extra_says_so(tmp_path):
                                   "pip install 'covo-edge[export]'")
 
 
-def in_process(capsys, *args) -> tuple[int, str, str]:
-    """`covo-edge ARGS` run in this process (torch is imported here already): status, stdout, stderr."""
-    from covo_edge.runtime.cli import main
-
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.slow
 def test_make_tiny_reruns_with_force_and_the_demo_fits_a_screen(tmp_path, capsys):
     needs("torch", "export")
-    assert in_process(capsys, "make-tiny", tmp_path / "tiny", "--seed", "1")[0] == 0
-    code, out, _ = in_process(capsys, "make-tiny", tmp_path / "tiny", "--seed", "1", "--force")
+    assert cli(capsys, "make-tiny", tmp_path / "tiny", "--seed", "1")[0] == 0
+    code, out, _ = cli(capsys, "make-tiny", tmp_path / "tiny", "--seed", "1", "--force")
     assert code == 0 and "wrote a random-weight tiny release" in out
     wav_path = tmp_path / "reply.wav"
-    code, out, err = in_process(capsys, "demo", "--model-dir", tmp_path / "tiny", "--output", wav_path,
+    code, out, err = cli(capsys, "demo", "--model-dir", tmp_path / "tiny", "--output", wav_path,
                                 "--max-new-tokens", "80")
     lines = out.strip().splitlines()
     assert len(lines) <= 6 and all(len(line) <= 240 for line in lines), out
@@ -108,7 +99,7 @@ def test_make_tiny_reruns_with_force_and_the_demo_fits_a_screen(tmp_path, capsys
 
 def test_demo_errors_are_one_line(tmp_path, capsys):
     needs("torch", "export")
-    code, _, err = in_process(capsys, "demo", "--model-dir", tmp_path / "missing")
+    code, _, err = cli(capsys, "demo", "--model-dir", tmp_path / "missing")
     assert code == 2 and err.count("\n") == 1 and "not a directory" in err
 
 

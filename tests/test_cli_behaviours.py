@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import needs
+from conftest import cli, needs
 
 torch = needs("torch", "export")
 
@@ -24,15 +24,6 @@ from covo_edge.runtime.token2wav import manifest_voice  # noqa: E402
 CODES = 151671  # first audio code id
 STOP = 151645  # <|im_end|>, the speech mode's stop id
 FEW_CODES = [11, CODES + 5, CODES + 6, CODES + 7, 12]  # a short reply with text and three audio codes
-
-
-def cli(capsys, *args):
-    try:
-        rc = main([str(a) for a in args])
-    except SystemExit as e:  # argparse usage errors
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def one_line(err: str) -> str:

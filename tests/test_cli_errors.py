@@ -9,26 +9,15 @@ import sys
 
 import numpy as np
 import pytest
-
-from conftest import needs
 import soundfile as sf
 
-from covo_edge.runtime.cli import main
+from conftest import cli, needs
 from covo_edge.runtime.synthetic import synthetic_utterance
 
 needs("torch", "export")
 
 CODES = 151671  # first audio code id
 FORCED = [11, CODES + 5, CODES + 6, CODES + 7, 12]  # a reply with text and three audio codes
-
-
-def cli(capsys, *args):
-    try:
-        rc = main([str(a) for a in args])
-    except SystemExit as e:  # argparse usage errors
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def refused(capsys, *args, expect: str) -> str:

@@ -25,10 +25,16 @@ from covo_edge.runtime.errors import OptionError, OutputError
 from covo_edge.runtime.manifest import Manifest, sha256
 
 
-@pytest.mark.parametrize("precision", ["fp32", pytest.param("fp16", marks=pytest.mark.slow)])
-def test_build_writes_every_engine_and_what_it_was_built_from(request, precision):
-    art = request.getfixturevalue("tiny_art" if precision == "fp32" else "tiny_art16")
-    out = request.getfixturevalue("rtx_engines" if precision == "fp32" else "rtx_engines16")
+def test_build_writes_every_engine_and_what_it_was_built_from(tiny_art, rtx_engines):
+    check_build(tiny_art, rtx_engines, "fp32")
+
+
+@pytest.mark.slow
+def test_build_writes_every_fp16_engine_and_what_it_was_built_from(tiny_art16, rtx_engines16):
+    check_build(tiny_art16, rtx_engines16, "fp16")
+
+
+def check_build(art, out, precision: str) -> None:
     manifest, index = Manifest.load(art), EnginesManifest.load(out)
     assert set(index.engines) == set(manifest.graphs)
     for g, e in index.engines.items():
