@@ -256,10 +256,6 @@ class Model:
     def max_context(self) -> int:
         return self.manifest.llm.max_context
 
-    @property
-    def voices(self) -> list[str]:
-        return list(self.manifest.voices)
-
     def voice(self, name: str | None = None) -> Voice:
         """A voice of the artifacts (default: the first exported), its streaming cache computed once."""
         return self._voice(name)[0]
@@ -328,10 +324,6 @@ class Conversation:
     @property
     def artifacts(self) -> Path:
         return self.model.artifacts
-
-    @property
-    def mode(self) -> Mode:
-        return self.model.mode
 
     @property
     def streaming(self) -> Streaming:
@@ -494,7 +486,7 @@ class Conversation:
         text_ids = tokens_a[tokens_a < m.code_offset]
         self._turns += 1
         t2w = m.manifest.token2wav
-        hop = t2w.sample_rate // 100  # 10 ms of audio per latent frame
+        hop = t2w.hop  # samples per latent frame; a code is 4 frames, the reply's first 3 frames are the prompt's
         reply = Reply(
             text=m.tokenizer.decode(text_ids.tolist(), skip_special_tokens=True), text_ids=text_ids,
             audio_codes=tokens_a[tokens_a >= m.code_offset] - m.code_offset, audio=audio,
