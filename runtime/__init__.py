@@ -14,12 +14,13 @@ from .errors import (
     ArtifactsError, AudioError, CodesError, ContextFullError, CovoEdgeError, DeviceError, InputError, OptionError,
     OutputError,
 )
+from .frontend import check_audio
 from .manifest import Manifest
 from .sampling import Sampling
 from .token2wav import Token2Wav, Voice
 
 __all__ = [
     "Assistant", "Model", "Conversation", "Cancel", "Reply", "Chunk", "Debug", "Mode", "MODES", "Backend", "BackendName", "BACKENDS", "Device", "DEVICES",
-    "Sampling", "Voice", "Token2Wav", "Manifest", "CovoEdgeError", "ArtifactsError", "AudioError", "CodesError",
+    "Sampling", "Voice", "check_audio", "Token2Wav", "Manifest", "CovoEdgeError", "ArtifactsError", "AudioError", "CodesError",
     "ContextFullError", "DeviceError", "InputError", "OptionError", "OutputError",
 ]

@@ -57,6 +57,8 @@ class Reply:
     finish_reason: str  # "stop" | "length" | "context_full" | "cancelled"
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, first_text and first_audio
     alignment: np.ndarray | None = None  # per token: the reply's audio samples that must play before it is heard
+    prompt_tokens: int = 0  # ids this turn added to the context before the reply (the system prompt's not counted)
+    audio_slots: int = 0  # of them, the question's audio frames
 
 
 def audio_alignment(tokens: np.ndarray, code_offset: int, samples_per_code: int, lead: int) -> np.ndarray:
@@ -374,7 +376,11 @@ class Conversation:
             self._length = start + keep
         kept = reply.tokens[:keep]
         text_ids = kept[(kept < self.model.code_offset) & (kept != self.model.stop_id)]
-        return self.model.tokenizer.decode(text_ids.tolist(), skip_special_tokens=True)
+        text = self.model.tokenizer.decode(text_ids.tolist(), skip_special_tokens=True)
+        self._last = (replace(reply, text=text, text_ids=text_ids, tokens=kept, alignment=reply.alignment[:keep],
+                              audio=reply.audio[:heard], audio_codes=kept[kept >= self.model.code_offset]
+                              - self.model.code_offset), start)  # a later truncate cuts what is left
+        return text
 
     def default_sampling(self) -> Sampling:
         """Upstream's rules: greedy on the first turn, sampling afterwards."""
@@ -382,18 +388,18 @@ class Conversation:
 
     def reply(self, wav: np.ndarray, sample_rate: int, *, greedy: bool | None = None, sampling: Sampling | None = None,
               max_new_tokens: int | None = None, seed: int | None = None, token2wav: Token2WavMode = "exact",
-              cancel: Cancel | None = None, debug: Debug | None = None) -> Reply:
+              speak: bool = True, cancel: Cancel | None = None, debug: Debug | None = None) -> Reply:
         """Answer one spoken turn; `stream` takes the same arguments. The audio comes whole, so it is computed
         whole by default: upstream's computation, no streaming approximation."""
         for chunk in self.stream(wav, sample_rate, greedy=greedy, sampling=sampling, max_new_tokens=max_new_tokens,
-                                 seed=seed, token2wav=token2wav, cancel=cancel, debug=debug):
+                                 seed=seed, token2wav=token2wav, speak=speak, cancel=cancel, debug=debug):
             if chunk.reply is not None:
                 return chunk.reply
         raise AssertionError("stream ended without a reply")
 
     def stream(self, wav: np.ndarray, sample_rate: int, *, greedy: bool | None = None,
                sampling: Sampling | None = None, max_new_tokens: int | None = None, seed: int | None = None,
-               token2wav: Token2WavMode = "streaming", cancel: Cancel | None = None,
+               token2wav: Token2WavMode = "streaming", speak: bool = True, cancel: Cancel | None = None,
                debug: Debug | None = None) -> Iterator[Chunk]:
         """Answer one spoken turn, yielding text deltas as they decode and audio as it is ready.
 
@@ -401,7 +407,8 @@ class Conversation:
         max_new_tokens: cap on new ids (default from the manifest); seed: sampling and ODE noise;
         token2wav: "streaming" (default here: audio chunks while the reply decodes, an approximation whose
         distance from the whole-reply computation `streaming.deviation` measures) or "exact" (the audio
-        in the last chunk); cancel: a `Cancel` that ends the turn early (so does closing the iterator: the
+        in the last chunk); speak: False answers in text only, the audio codes decoded but not spoken (a
+        speech model asked for a text reply); cancel: a `Cancel` that ends the turn early (so does closing the iterator: the
         conversation then holds the reply up to the cut, as it holds a finished one).
         """
         if token2wav not in TOKEN2WAV_MODES:
@@ -420,10 +427,10 @@ class Conversation:
         # Sampling and the ODE noise draw from separate generators: the noise of a frame is then the same
         # whether the reply is spoken whole or streamed, whatever was sampled in between.
         sample_rng, noise_rng = np.random.default_rng(seed).spawn(2)
-        return self._turn(wav, sample_rate, s, limit, sample_rng, noise_rng, token2wav, cancel or Cancel(), debug)
+        return self._turn(wav, sample_rate, s, limit, sample_rng, noise_rng, token2wav, speak, cancel or Cancel(), debug)
 
     def _turn(self, wav: np.ndarray, sample_rate: int, sampling: Sampling, limit: int, rng: np.random.Generator,
-              noise_rng: np.random.Generator, token2wav: Token2WavMode, cancel: Cancel,
+              noise_rng: np.random.Generator, token2wav: Token2WavMode, speak: bool, cancel: Cancel,
               debug: Debug) -> Iterator[Chunk]:
         m = self.model
         clock = _Clock()
@@ -437,7 +444,8 @@ class Conversation:
             logits = self._prefill(ids, cached, features, debug)
         start = self._length
         text = _TextStream(m.tokenizer)
-        speech = self._speech(noise_rng, token2wav, debug)
+        speech = self._speech(noise_rng, token2wav, debug) if speak else None
+        prompt = (len(ids) - cached, n_slots)
         tokens: list[int] = []
         audio: list[np.ndarray] = []
         finished = False
@@ -458,9 +466,9 @@ class Conversation:
             finished = True
         finally:
             if not finished:  # the caller closed the stream: the turn ends here, its history kept to the cut
-                self._close(tokens, None, start, "cancelled", clock)
+                self._close(tokens, None, start, "cancelled", clock, prompt)
         if not tokens:  # cancelled before the first token
-            reply = self._close(tokens, None, start, "cancelled", clock)
+            reply = self._close(tokens, None, start, "cancelled", clock, prompt)
             yield Chunk(reply=reply)
             return
         tokens_a = np.asarray(tokens, np.int64)
@@ -475,10 +483,11 @@ class Conversation:
         debug.record(tokens=tokens_a, audio_codes=codes, **({} if whole is None else {"wav": whole}))
         reason = ("cancelled" if cancel.is_set() else "stop" if tokens[-1] == m.stop_id
                   else "length" if len(tokens) == limit else "context_full")
-        reply = self._close(tokens, whole, start, reason, clock)
+        reply = self._close(tokens, whole, start, reason, clock, prompt)
         yield Chunk(text=reply.text[len(text.shown):], audio=last, reply=reply)
 
-    def _close(self, tokens: list[int], audio: np.ndarray | None, start: int, reason: str, clock: _Clock) -> Reply:
+    def _close(self, tokens: list[int], audio: np.ndarray | None, start: int, reason: str, clock: _Clock,
+               prompt: tuple[int, int]) -> Reply:
         """End the turn the way every turn ends: the cache holds the prompt and the fed reply ids (the last id
         is never fed, as upstream's `generate`), the turn counts, and the reply is kept for `truncate`."""
         m = self.model
@@ -491,7 +500,8 @@ class Conversation:
             text=m.tokenizer.decode(text_ids.tolist(), skip_special_tokens=True), text_ids=text_ids,
             audio_codes=tokens_a[tokens_a >= m.code_offset] - m.code_offset, audio=audio,
             sample_rate=t2w.sample_rate, tokens=tokens_a, finish_reason=reason, timings=clock.timings,
-            alignment=audio_alignment(tokens_a, m.code_offset, 4 * hop, 3 * hop),
+            alignment=audio_alignment(tokens_a, m.code_offset, 4 * hop, 3 * hop), prompt_tokens=prompt[0],
+            audio_slots=prompt[1],
         )
         self._last = (reply, start)
         return reply

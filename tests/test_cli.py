@@ -38,13 +38,15 @@ def imported_modules(path, package: str) -> list[tuple[int, str]]:
 
 
 def test_the_runtime_imports_nothing_of_the_other_sides():
-    """Every import statement under runtime/, relative ones resolved: no torch, no export/engines/calibration."""
-    forbidden = ("torch", "covo_edge.export", "covo_edge.engines", "covo_edge.calibration")
+    """Every import statement under runtime/ and server/ (which ships with the runtime), relative ones resolved:
+    no torch, no export/engines/calibration; and the runtime imports nothing of the server."""
+    others = ("torch", "covo_edge.export", "covo_edge.engines", "covo_edge.calibration")
     found = []
-    for path in sorted((REPO / "runtime").rglob("*.py")):
-        package = ".".join(["covo_edge", *path.relative_to(REPO).parent.parts])
-        found += [f"{path.relative_to(REPO)}:{line} imports {name}" for line, name in imported_modules(path, package)
-                  if any(name == f or name.startswith(f + ".") for f in forbidden)]
+    for side, forbidden in (("runtime", (*others, "covo_edge.server")), ("server", others)):
+        for path in sorted((REPO / side).rglob("*.py")):
+            package = ".".join(["covo_edge", *path.relative_to(REPO).parent.parts])
+            found += [f"{path.relative_to(REPO)}:{line} imports {name}" for line, name in imported_modules(path, package)
+                      if any(name == f or name.startswith(f + ".") for f in forbidden)]
     assert not found, "\n".join(found)
     assert ("covo_edge.runtime.manifest" in
             [n for _, n in imported_modules(REPO / "runtime" / "backends" / "onnxruntime.py", "covo_edge.runtime.backends")])
@@ -56,6 +58,7 @@ def test_runtime_imports_without_torch():
         "import covo_edge.runtime as rt\n"
         "for m in pkgutil.walk_packages(rt.__path__, rt.__name__ + '.'): importlib.import_module(m.name)\n"
         "from covo_edge.runtime.cli import build_parser; build_parser()\n"
+        "import covo_edge.server.app, covo_edge.server.serve, covo_edge.server.bench\n"
         "assert 'torch' not in sys.modules\n"
         "loaded = sorted(m for m in sys.modules if m.startswith('covo_edge.export'))\n"
         "assert loaded == ['covo_edge.export', 'covo_edge.export.commands'], loaded  # registering is light\n"
@@ -68,7 +71,7 @@ def test_one_command_offers_every_sides_subcommands():
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == {"chat", "token2wav", "check", "make-tiny", "export", "demo", "bench", "bench-kv",
-                                "build", "verify", "quantize"}
+                                "build", "verify", "quantize", "serve", "bench-serve"}
 
 
 def test_an_export_command_without_the_export_extra_says_so(tmp_path):

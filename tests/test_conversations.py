@@ -159,3 +159,28 @@ def test_truncate_refuses_what_it_cannot_do(tiny_art):
     with pytest.raises(InputError, match="audio_ms must be between 0"):
         a.truncate(-1)
     assert a.context_length == held
+
+
+def test_a_second_truncate_cuts_what_the_first_kept(tiny_art):
+    """truncate twice: the second cuts further back (as if heard less); more than the first kept is refused."""
+    a = Assistant.load(tiny_art)
+    ids = forced(60, 5)
+    a.reply(question(0), 16000, seed=2, debug=Debug(force_tokens=ids))
+    start = a.context_length - len(ids) + 1  # the last id is never fed
+    codes = np.flatnonzero(ids >= CODES)
+    a.truncate((240 * (4 * 20 + 1)) / 24)
+    assert a.context_length == start + codes[20] + 1
+    with pytest.raises(InputError, match="audio_ms must be between 0 and the reply's"):
+        a.truncate((240 * (4 * 25 + 1)) / 24)
+    a.truncate((240 * (4 * 10 + 1)) / 24)
+    assert a.context_length == start + codes[10] + 1
+    assert len(a.last_reply.tokens) == codes[10] + 1
+
+
+def test_a_text_reply_from_a_speech_model_speaks_nothing(tiny_art):
+    """speak=False: the same ids as the spoken turn, no audio computed."""
+    ids = forced(40, 8)
+    spoken = Assistant.load(tiny_art).reply(question(0), 16000, debug=Debug(force_tokens=ids))
+    silent = Assistant.load(tiny_art).reply(question(0), 16000, speak=False, debug=Debug(force_tokens=ids))
+    assert spoken.audio is not None and silent.audio is None
+    assert silent.text == spoken.text and np.array_equal(silent.tokens, spoken.tokens)

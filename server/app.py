@@ -1,0 +1,129 @@
+"""The ASGI application: `GET /v1/realtime` (WebSocket, the OpenAI Realtime protocol), `GET /healthz`,
+`GET /metrics`. One loaded `Model`, a `Session` per connection. Being plain ASGI, it runs on uvicorn
+(`covo-edge serve`) or mounts in another ASGI host unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from covo_edge.runtime import Model
+
+from .metrics import Metrics
+from .protocol import ProtocolError
+from .session import Limits, Session
+
+KEY_PROTOCOL = "openai-insecure-api-key."  # browsers send the key as a WebSocket subprotocol
+
+
+@dataclass
+class ServeOptions:
+    max_sessions: int = 4
+    api_key: str | None = None  # None: any key (or none) is accepted
+    voice: str | None = None  # the sessions' default voice (default: the model's first)
+    limits: Limits = field(default_factory=Limits)
+
+
+class Realtime:
+    """The server's state: the model, the open sessions, the metrics; `drain` ends them all (SIGTERM)."""
+
+    def __init__(self, model: Model, options: ServeOptions):
+        self.model = model
+        self.options = options
+        self.metrics = Metrics(options.max_sessions)
+        self.sessions: dict[Session, WebSocket] = {}
+        self.draining = False
+
+    async def drain(self) -> None:
+        """Running responses end `cancelled`, every socket closes with 1001 (going away)."""
+        self.draining = True
+        for session, ws in list(self.sessions.items()):
+            await session.close("server_shutdown")
+            try:
+                await ws.close(code=1001, reason="server shutting down")
+            except RuntimeError:  # the client closed it meanwhile
+                pass
+
+    def authorized(self, ws: WebSocket) -> bool:
+        if self.options.api_key is None:
+            return True
+        header = ws.headers.get("authorization", "")
+        keys = [header[7:].strip()] if header.lower().startswith("bearer ") else []
+        keys += [p[len(KEY_PROTOCOL):] for p in ws.scope.get("subprotocols", []) if p.startswith(KEY_PROTOCOL)]
+        return any(secrets.compare_digest(k.encode(), self.options.api_key.encode()) for k in keys)
+
+    async def refuse(self, ws: WebSocket, error: ProtocolError, code: int) -> None:
+        await ws.send_text(json.dumps(error.event()))
+        self.metrics.errors.inc(error.code)
+        await ws.close(code=code, reason=error.code)
+
+    async def realtime(self, ws: WebSocket) -> None:
+        await ws.accept(subprotocol="realtime" if "realtime" in ws.scope.get("subprotocols", []) else None)
+        if not self.authorized(ws):
+            return await self.refuse(ws, ProtocolError("invalid API key: pass the key given to `covo-edge serve "
+                                                       "--api-key`", code="invalid_api_key"), 1008)
+        if self.draining:
+            return await ws.close(code=1001, reason="server shutting down")
+        if len(self.sessions) >= self.options.max_sessions:
+            return await self.refuse(ws, ProtocolError(
+                f"this server holds {self.options.max_sessions} sessions at most (--max-sessions), all open: try "
+                "again later", code="session_limit_reached"), 1008)
+        session = Session(self.model, lambda m: ws.send_text(json.dumps(m)), self.options.limits, self.metrics,
+                          self.options.voice, ws.query_params.get("model", "covo-audio-chat"))
+        self.sessions[session] = ws
+        self.metrics.sessions, self.metrics.sessions_total = len(self.sessions), self.metrics.sessions_total + 1
+        try:
+            await session.start()
+            await self._serve(ws, session)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            await session.close("client_gone")
+            self.sessions.pop(session, None)
+            self.metrics.sessions = len(self.sessions)
+
+    async def _serve(self, ws: WebSocket, session: Session) -> None:
+        idle = session.limits.idle_timeout
+        while not session.closed:
+            try:
+                message = await asyncio.wait_for(ws.receive(), timeout=idle)
+            except asyncio.TimeoutError:
+                if session.response is not None:
+                    continue
+                return await self.refuse(ws, ProtocolError(f"no client event for {idle:g} s: the session is closed",
+                                                           code="session_idle_timeout"), 1000)
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("text") is None:
+                await session.send(ProtocolError("send client events as JSON text frames, not binary",
+                                                 code="invalid_json").event())
+                continue
+            await session.handle(message["text"])
+
+    async def healthz(self, request: Request) -> JSONResponse:
+        return JSONResponse({"status": "draining" if self.draining else "ok", "sessions": len(self.sessions),
+                             "max_sessions": self.options.max_sessions, "mode": self.model.mode,
+                             "voices": list(self.model.manifest.voices) if self.model.mode == "speech" else []})
+
+    async def metrics_text(self, request: Request) -> PlainTextResponse:
+        return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def create_app(model: Model, options: ServeOptions | None = None) -> Starlette:
+    """The ASGI app serving `model`; `app.state.realtime` is its `Realtime` (drain it before stopping)."""
+    realtime = Realtime(model, options or ServeOptions())
+    app = Starlette(routes=[
+        WebSocketRoute("/v1/realtime", realtime.realtime),
+        Route("/healthz", realtime.healthz),
+        Route("/metrics", realtime.metrics_text),
+    ])
+    app.state.realtime = realtime
+    return app

@@ -1,0 +1,101 @@
+"""`GET /metrics` in the Prometheus text format (0.0.4): a handful of series, written here rather than
+pulling a client library in for them."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+FIRST_AUDIO_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+@dataclass
+class Labelled:
+    """A counter per label value (errors by code, turns by status)."""
+
+    counts: Counter = field(default_factory=Counter)
+
+    def inc(self, label: str) -> None:
+        self.counts[label] += 1
+
+
+@dataclass
+class Histogram:
+    buckets: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    n: int = 0
+
+    def __post_init__(self):
+        self.counts = [0] * len(self.buckets)
+
+    def observe(self, value: float) -> None:
+        self.n += 1
+        self.total += value
+        for i, edge in enumerate(self.buckets):
+            if value <= edge:
+                self.counts[i] += 1
+
+
+class Metrics:
+    def __init__(self, max_sessions: int):
+        self.lock = threading.Lock()
+        self.max_sessions = max_sessions
+        self.sessions = 0
+        self.sessions_total = 0
+        self.turns = Labelled()
+        self.errors = Labelled()
+        self.first_audio = Histogram(FIRST_AUDIO_BUCKETS)
+        self.tokens = 0
+        self.decode_seconds = 0.0
+        self.last_tokens_per_second = 0.0
+
+    def turn(self, status: str, first_audio: float | None, tokens: int, decode_seconds: float) -> None:
+        with self.lock:
+            self.turns.inc(status)
+            if first_audio is not None:
+                self.first_audio.observe(first_audio)
+            self.tokens += tokens
+            self.decode_seconds += decode_seconds
+            if decode_seconds > 0:
+                self.last_tokens_per_second = tokens / decode_seconds
+
+    def render(self) -> str:
+        with self.lock:
+            lines = [
+                *_series("covo_sessions_open", "gauge", "realtime sessions open now", [("", self.sessions)]),
+                *_series("covo_sessions_max", "gauge", "--max-sessions", [("", self.max_sessions)]),
+                *_series("covo_sessions_total", "counter", "sessions opened", [("", self.sessions_total)]),
+                *_series("covo_turns_total", "counter", "responses by final status",
+                         [(f'{{status="{k}"}}', v) for k, v in sorted(self.turns.counts.items())]),
+                *_series("covo_errors_total", "counter", "error events sent, by code",
+                         [(f'{{code="{k}"}}', v) for k, v in sorted(self.errors.counts.items())]),
+                *_series("covo_decode_tokens_total", "counter", "tokens decoded", [("", self.tokens)]),
+                *_series("covo_decode_seconds_total", "counter", "seconds spent decoding", [("", self.decode_seconds)]),
+                *_series("covo_decode_tokens_per_second", "gauge", "decode speed of the last turn",
+                         [("", self.last_tokens_per_second)]),
+                "# HELP covo_first_audio_seconds time from the end of the user's turn to the first audio sent",
+                "# TYPE covo_first_audio_seconds histogram",
+                *[f'covo_first_audio_seconds_bucket{{le="{edge:g}"}} {n}'
+                  for edge, n in zip(self.first_audio.buckets, self.first_audio.counts)],
+                f'covo_first_audio_seconds_bucket{{le="+Inf"}} {self.first_audio.n}',
+                f"covo_first_audio_seconds_sum {self.first_audio.total:g}",
+                f"covo_first_audio_seconds_count {self.first_audio.n}",
+                *_series("process_resident_memory_bytes", "gauge", "resident memory of this process", [("", rss())]),
+            ]
+        return "\n".join(lines) + "\n"
+
+
+def _series(name: str, kind: str, help: str, samples: list[tuple[str, float]]) -> list[str]:
+    return [f"# HELP {name} {help}", f"# TYPE {name} {kind}", *(f"{name}{labels} {value:g}" for labels, value in samples)]
+
+
+def rss(pid: int | str = "self") -> int:
+    """Resident memory in bytes (Linux /proc; 0 where there is none)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
