@@ -142,31 +142,30 @@ async def client(url: str, q: np.ndarray, turns: int, max_tokens: int, silence_m
     return out
 
 
-async def held_sessions(url: str, n: int, q: np.ndarray, max_tokens: int) -> int:
-    """Resident memory with n sessions open, each after one manual turn (its KV cache filled)."""
+async def held_sessions(url: str, counts: list[int], q: np.ndarray, max_tokens: int) -> dict[int, int]:
+    """Resident memory with n sessions open, for each n in counts: sessions open one after another, each
+    answers one manual turn (its KV cache filled) and stays open; measured after the n-th turn."""
     from websockets.asyncio.client import connect
 
-    async def one(ready: asyncio.Event, go: asyncio.Event) -> None:
-        async with connect(url, max_size=None) as ws:
+    pcm = base64.b64encode((np.clip(q, -1, 1) * 32767).round().astype("<i2").tobytes()).decode()
+    setup = {"type": "session.update", "session": {"type": "realtime", "max_output_tokens": max_tokens,
+                                                   "audio": {"input": {"turn_detection": None}}}}
+    memory, sockets = {}, []
+    try:
+        for n in range(1, max(counts) + 1):
+            ws = await connect(url, max_size=None)
+            sockets.append(ws)
             await ws.recv()
-            await ws.send(json.dumps({"type": "session.update", "session": {
-                "type": "realtime", "max_output_tokens": max_tokens, "audio": {"input": {"turn_detection": None}}}}))
-            pcm = base64.b64encode((np.clip(q, -1, 1) * 32767).round().astype("<i2").tobytes()).decode()
-            for e in ({"type": "input_audio_buffer.append", "audio": pcm}, {"type": "input_audio_buffer.commit"},
+            for e in (setup, {"type": "input_audio_buffer.append", "audio": pcm}, {"type": "input_audio_buffer.commit"},
                       {"type": "response.create"}):
                 await ws.send(json.dumps(e))
             while json.loads(await ws.recv())["type"] != "response.done":
                 pass
-            ready.set()
-            await go.wait()
-
-    events = [(asyncio.Event(), asyncio.Event()) for _ in range(n)]
-    tasks = [asyncio.create_task(one(*e)) for e in events]
-    await asyncio.gather(*(ready.wait() for ready, _ in events))
-    memory = rss()
-    for _, go in events:
-        go.set()
-    await asyncio.gather(*tasks)
+            if n in counts:
+                memory[n] = rss()
+    finally:
+        for ws in sockets:
+            await ws.close()
     return memory
 
 
@@ -238,9 +237,9 @@ def bench_serve(model: Model, args: argparse.Namespace) -> int:
             print(f"{n} concurrent session(s), {args.turns} turns each", file=sys.stderr)
             phases.append(asyncio.run(phase(model, url, n, q, args)))
         memory["none"] = rss()
-        for n in args.memory:
-            print(f"memory with {n} open session(s)", file=sys.stderr)
-            memory[n] = asyncio.run(held_sessions(url, n, q, args.max_output_tokens))
+        if args.memory:
+            print(f"memory with {', '.join(map(str, args.memory))} open session(s)", file=sys.stderr)
+            memory.update(asyncio.run(held_sessions(url, sorted(args.memory), q, args.max_output_tokens)))
     finally:
         server.should_exit = True
         thread.join(timeout=30)
