@@ -134,10 +134,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     k.set_defaults(run=_check)
 
 
-def build_parser() -> Parser:
-    p = Parser(prog="covo-edge", description="Covo-Audio-Chat on one local GPU or a CPU.")
+Register = Callable[[argparse._SubParsersAction], None]
+
+
+def build_parser(sides: list[Register] | None = None, prog: str = "covo-edge") -> Parser:
+    """The runtime's subcommands and every side's (from the entry points, or `sides` where there is no
+    package metadata to read them from: a frozen desktop build)."""
+    p = Parser(prog=prog, description="Covo-Audio-Chat on one local GPU or a CPU.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register(sub)
+    if sides is not None:
+        for side in sides:
+            side(sub)
+        return p
     for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
         try:
             ep.load()(sub)
@@ -155,8 +164,8 @@ def _terminated(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # unwinds like Ctrl-C: staged outputs are removed, nothing half-written stays
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, sides: list[Register] | None = None, prog: str = "covo-edge") -> int:
+    args = build_parser(sides, prog).parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)
     try:

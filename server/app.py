@@ -1,5 +1,5 @@
 """The ASGI application: `GET /v1/realtime` (WebSocket, the OpenAI Realtime protocol), `GET /healthz`,
-`GET /metrics`. One loaded `Model`, a `Session` per connection. Being plain ASGI, it runs on uvicorn
+`GET /metrics`, and the page at `GET /` (`page/`: it talks to `/v1/realtime` like any other client). One loaded `Model`, a `Session` per connection. Being plain ASGI, it runs on uvicorn
 (`covo-edge serve`) or mounts in another ASGI host unchanged."""
 
 from __future__ import annotations
@@ -8,11 +8,13 @@ import asyncio
 import json
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from covo_edge.runtime import Model
@@ -22,6 +24,7 @@ from .protocol import ProtocolError
 from .session import Limits, Session
 
 KEY_PROTOCOL = "openai-insecure-api-key."  # browsers send the key as a WebSocket subprotocol
+PAGE = Path(__file__).parent / "page"  # the browser page: plain HTML, CSS and JS modules, no build step
 
 
 @dataclass
@@ -117,6 +120,10 @@ class Realtime:
         return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
+async def page(request: Request) -> FileResponse:
+    return FileResponse(PAGE / "index.html")
+
+
 def create_app(model: Model, options: ServeOptions | None = None) -> Starlette:
     """The ASGI app serving `model`; `app.state.realtime` is its `Realtime` (drain it before stopping)."""
     realtime = Realtime(model, options or ServeOptions())
@@ -124,6 +131,8 @@ def create_app(model: Model, options: ServeOptions | None = None) -> Starlette:
         WebSocketRoute("/v1/realtime", realtime.realtime),
         Route("/healthz", realtime.healthz),
         Route("/metrics", realtime.metrics_text),
+        Route("/", page),
+        Mount("/page", StaticFiles(directory=PAGE)),
     ])
     app.state.realtime = realtime
     return app

@@ -18,7 +18,8 @@ def _model(args: argparse.Namespace):
     return Model.load(args.artifacts, backend=args.backend, device=args.device, mode=args.mode, engines=args.engines)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def run_server(args: argparse.Namespace, on_ready=None) -> int:
+    """`covo-edge serve` with parsed arguments (the desktop app's too: it opens the page in `on_ready`)."""
     from .app import ServeOptions
     from .serve import check_bind, serve
     from .session import Limits
@@ -29,7 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
         model.voice(args.voice)  # an unknown voice fails now, not on the first connection
     limits = Limits(max_input_seconds=args.max_input_seconds, idle_timeout=args.idle_timeout, seed=args.seed)
     options = ServeOptions(max_sessions=args.max_sessions, api_key=args.api_key, voice=args.voice, limits=limits)
-    return serve(model, args.host, args.port, options)
+    return serve(model, args.host, args.port, options, on_ready)
 
 
 def _bench_serve(args: argparse.Namespace) -> int:
@@ -45,8 +46,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     add_backend_options(p)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("serve", help="a realtime voice server (OpenAI Realtime protocol over WebSocket; serve extra)")
+def add_serve_options(s: argparse.ArgumentParser) -> None:
     _common(s)
     s.add_argument("--host", default="127.0.0.1", help="address to bind (anything but loopback needs --api-key)")
     s.add_argument("--port", type=int_at_least(0), default=8000)
@@ -57,7 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--idle-timeout", type=float_above(0), default=600.0,
                    help="close a session after this many seconds without a client event (default 600)")
     s.add_argument("--seed", type=int_at_least(0), help="reproducible replies: turn n of a session uses seed + n")
-    s.set_defaults(run=_serve, extra="serve")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("serve", help="a realtime voice server (OpenAI Realtime protocol over WebSocket; serve extra)")
+    add_serve_options(s)
+    s.set_defaults(run=run_server, extra="serve")
 
     b = sub.add_parser("bench-serve", help="first-audio latency and throughput of the server with N concurrent "
                                            "clients on loopback, beside the runtime's own (serve extra); JSON")

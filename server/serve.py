@@ -11,6 +11,7 @@ import ctypes
 import ipaddress
 import logging
 import sys
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
@@ -52,15 +53,22 @@ def check_bind(host: str, api_key: str | None) -> None:
 class _Server(uvicorn.Server):
     """uvicorn, but a signal first drains the sessions, and is not re-raised afterwards (exit status 0)."""
 
-    def __init__(self, config: uvicorn.Config, app) -> None:
+    def __init__(self, config: uvicorn.Config, app, on_ready: Callable[[str], None] | None = None) -> None:
         super().__init__(config)
         self.realtime = app.state.realtime
+        self.on_ready = on_ready
         self.loop: asyncio.AbstractEventLoop | None = None
         self.draining = False
 
     async def serve(self, sockets=None) -> None:
         self.loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_ready is not None:
+            host, port = self.servers[0].sockets[0].getsockname()[:2]
+            self.on_ready(f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/")
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.draining or self.loop is None:
@@ -76,12 +84,14 @@ class _Server(uvicorn.Server):
             self.should_exit = True
 
 
-def serve(model: Model, host: str, port: int, options: ServeOptions) -> int:
+def serve(model: Model, host: str, port: int, options: ServeOptions,
+          on_ready: Callable[[str], None] | None = None) -> int:
+    """Serve until SIGTERM or Ctrl-C; `on_ready(url)` once it listens (port 0: a free one)."""
     check_bind(host, options.api_key)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     app = create_app(model, options)
     config = uvicorn.Config(app, host=host, port=port, ws="websockets-sansio", ws_max_size=WS_MAX_SIZE, log_level="info",
                             access_log=False, lifespan="off", timeout_graceful_shutdown=10)
-    server = _Server(config, app)
+    server = _Server(config, app, on_ready)
     server.run()
     return 0 if server.started else 2

@@ -468,9 +468,9 @@ class Session:
                                              ("frontend", "encoder", "adapter", "prefill", "decode", "token2wav", "vocoder"))
         self.metrics.turn(status, timing["first_audio"], tokens, decode)
         ms = lambda s: "-" if s is None else f"{1000 * s:.0f}ms"  # noqa: E731
-        log.info("session %s turn %s: input %.2fs, first text %s, first audio %s, %d tokens, rtf %s, %s",
+        log.info("session %s turn %s: input %.2fs, first text %s, first audio %s, %d tokens, audio sent %.3fs, rtf %s, %s",
                  self.config.id, r.id, input_samples / RATE, ms(timing["first_text"]), ms(timing["first_audio"]),
-                 tokens, f"{wall / spoken:.2f}" if spoken else "-", status)
+                 tokens, spoken, f"{wall / spoken:.2f}" if spoken else "-", status)
 
     def _response_json(self, r: _Response, status: str, details: dict[str, Any] | None, output: list[dict[str, Any]],
                        use: dict[str, Any] | None) -> dict[str, Any]:

@@ -38,11 +38,12 @@ def imported_modules(path, package: str) -> list[tuple[int, str]]:
 
 
 def test_the_runtime_imports_nothing_of_the_other_sides():
-    """Every import statement under runtime/ and server/ (which ships with the runtime), relative ones resolved:
-    no torch, no export/engines/calibration; and the runtime imports nothing of the server."""
+    """Every import statement under runtime/, server/ and desktop/ (which ship with the runtime), relative ones
+    resolved: no torch, no export/engines/calibration; and the runtime imports neither the server nor the app."""
     others = ("torch", "covo_edge.export", "covo_edge.engines", "covo_edge.calibration")
     found = []
-    for side, forbidden in (("runtime", (*others, "covo_edge.server")), ("server", others)):
+    for side, forbidden in (("runtime", (*others, "covo_edge.server", "covo_edge.desktop")), ("server", others),
+                            ("desktop", others)):
         for path in sorted((REPO / side).rglob("*.py")):
             package = ".".join(["covo_edge", *path.relative_to(REPO).parent.parts])
             found += [f"{path.relative_to(REPO)}:{line} imports {name}" for line, name in imported_modules(path, package)
