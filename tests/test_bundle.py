@@ -19,6 +19,7 @@ from serving import free_port
 
 needs("torch", "export")  # the tiny artifacts
 needs("PyInstaller", "bundle")
+pytestmark = pytest.mark.slow  # a PyInstaller build: about a minute on 2 cores
 
 
 @pytest.fixture(scope="module")
