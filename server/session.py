@@ -207,20 +207,32 @@ class Session:
         if len(audio) < MIN_COMMIT_MS * RATE // 1000:
             raise ProtocolError(f"the input audio buffer holds {1000 * len(audio) / RATE:.0f} ms: commit at least "
                                 f"{MIN_COMMIT_MS} ms", code="input_audio_buffer_commit_empty")
-        self.buffer, self.buffered = [], 0
-        await self._commit_audio(audio, new_id("item"), m.get("event_id"))
+        if await self._commit_audio(audio, new_id("item"), m.get("event_id")):
+            self.buffer, self.buffered = [], 0  # a refused commit keeps the buffer
 
     async def _commit_audio(self, audio: np.ndarray, item_id: str, client_id: str | None) -> bool:
         """A user audio item: checked (silent audio cannot be answered), committed, added to the conversation."""
         try:
             check_audio(audio, RATE)
+            self._check_pending(len(audio))
         except CovoEdgeError as e:
             await self.send(ProtocolError(f"the committed audio cannot be used: {e}", code="invalid_audio").event(client_id))
+            return False
+        except ProtocolError as e:
+            await self.send(e.event(client_id))
             return False
         previous = self.items[-1]["id"] if self.items else None
         await self.send(event("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous))
         await self._add_user_item(item_id, audio, previous)
         return True
+
+    def _check_pending(self, samples: int) -> None:
+        """User audio waiting for an answer is bounded like the input buffer (one turn's worth)."""
+        waiting = sum(len(a) for a in self.pending)
+        if waiting + samples > self.limits.max_input_seconds * RATE:
+            raise ProtocolError(f"{waiting / RATE:.1f} s of committed audio already wait for an answer and this "
+                                f"server takes {self.limits.max_input_seconds:g} s a turn: send response.create "
+                                "before committing more", code="input_audio_buffer_full")
 
     async def _add_user_item(self, item_id: str, audio: np.ndarray, previous: str | None) -> None:
         item = {"id": item_id, "object": "realtime.item", "type": "message", "role": "user", "status": "completed",
@@ -258,6 +270,7 @@ class Session:
             check_audio(audio, RATE)
         except CovoEdgeError as e:
             raise ProtocolError(f"the item's audio cannot be used: {e}", code="invalid_audio", param="item") from None
+        self._check_pending(len(audio))
         previous = self.items[-1]["id"] if self.items else None
         await self._add_user_item(item.get("id") or new_id("item"), audio, previous)
 

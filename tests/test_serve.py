@@ -388,6 +388,14 @@ def test_limits_key_and_idle_timeout(tiny_art, tmp_path):
         browser.manual()
         browser.send("input_audio_buffer.append", audio=b64(question(1.5)))
         assert browser.recv()["error"]["code"] == "input_audio_buffer_full"
+        browser.send("input_audio_buffer.append", audio=b64(question(0.8)))
+        browser.send("input_audio_buffer.commit")
+        assert browser.until("conversation.item.done")[0]["type"] == "input_audio_buffer.committed"
+        browser.send("input_audio_buffer.append", audio=b64(question(0.8, 1)))
+        browser.send("input_audio_buffer.commit")  # 1.6 s would wait for one answer: refused, the buffer kept
+        assert browser.recv()["error"]["code"] == "input_audio_buffer_full"
+        browser.send("input_audio_buffer.clear")
+        assert browser.recv()["type"] == "input_audio_buffer.cleared"
         e = browser.recv(timeout=10)
         assert e["error"]["code"] == "session_idle_timeout"
         with pytest.raises(ConnectionClosed):
