@@ -149,3 +149,26 @@ def test_push_to_talk_sends_only_while_held_and_answers_on_release(server, tmp_p
         assert not stats["errors"]
     finally:
         page.close()
+
+
+def test_a_busy_server_says_so_and_reconnect_gets_in(tiny_art, tmp_path):
+    from serving import Client
+
+    s = Server(tiny_art, "--max-sessions", "1", log=tmp_path / "serve.log")
+    holder = Client(s.url)
+    page = open_page(s, tmp_path / "quiet.wav", 8, ("silence", 30.0))
+    try:
+        page.driver.find_element("id", "start").click()
+        page.wait("the busy message", lambda st: st["state"] == "disconnected" and st["errors"], 30)
+        assert "busy" in page.driver.find_element("id", "error").text
+        assert page.driver.find_element("id", "reconnect").is_displayed()
+        holder.close()
+        deadline = time.monotonic() + 10
+        while s.health()["sessions"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        page.driver.find_element("id", "reconnect").click()
+        page.wait("a connection", lambda st: st["state"] == "connected" and not st["errors"], 30)
+        assert not page.driver.find_element("id", "error").is_displayed()
+    finally:
+        page.close()
+        s.stop()

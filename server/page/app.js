@@ -19,6 +19,7 @@ let current = null; // the running response
 let lastItem = null; // the last assistant item: {id, received, played, startedAt, running}
 let pendingTruncate = null; // a truncate that waits for its response to end
 let closing = false;
+let notice = null; // the message on screen that asks for an action, if any
 let userLine = null, speechStart = 0, pttStart = 0; // the user's turn on the page
 
 function setState(state) {
@@ -29,6 +30,7 @@ function setState(state) {
 
 function showError(text, action = null) {
   stats.errors.push(text);
+  notice = action;
   $("error").textContent = text;
   $("error").hidden = false;
   $("reconnect").hidden = action !== "reconnect";
@@ -36,6 +38,7 @@ function showError(text, action = null) {
 }
 
 function clearError() {
+  notice = null;
   $("error").hidden = true;
   $("reconnect").hidden = true;
   $("newconv").hidden = true;
@@ -104,8 +107,8 @@ function connect() {
   ws.onclose = (e) => {
     setState("disconnected");
     $("talk").disabled = true;
-    if (!closing && !stats.errors.length) showError(`The server is gone (closed ${e.code}${e.reason ? ": " + e.reason : ""}).`, "reconnect");
-    else if (!closing) $("reconnect").hidden = $("newconv").hidden;
+    // A message that already says what to do (busy, context full, key) stays; otherwise the server is gone.
+    if (!closing && notice === null) showError(`The server is gone (closed ${e.code}${e.reason ? ": " + e.reason : ""}).`, "reconnect");
   };
 }
 
