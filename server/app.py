@@ -65,7 +65,7 @@ class Realtime:
 
     async def refuse(self, ws: WebSocket, error: ProtocolError, code: int) -> None:
         await ws.send_text(json.dumps(error.event()))
-        self.metrics.errors.inc(error.code)
+        self.metrics.errors[error.code] += 1
         await ws.close(code=code, reason=error.code)
 
     async def realtime(self, ws: WebSocket) -> None:
@@ -82,7 +82,7 @@ class Realtime:
         session = Session(self.model, lambda m: ws.send_text(json.dumps(m)), self.options.limits, self.metrics,
                           self.options.voice, ws.query_params.get("model", "covo-audio-chat"))
         self.sessions[session] = ws
-        self.metrics.sessions, self.metrics.sessions_total = len(self.sessions), self.metrics.sessions_total + 1
+        self.metrics.sessions_total += 1
         try:
             await session.start()
             await self._serve(ws, session)
@@ -91,7 +91,6 @@ class Realtime:
         finally:
             await session.close("client_gone")
             self.sessions.pop(session, None)
-            self.metrics.sessions = len(self.sessions)
 
     async def _serve(self, ws: WebSocket, session: Session) -> None:
         idle = session.limits.idle_timeout
@@ -117,7 +116,7 @@ class Realtime:
                              "voices": list(self.model.manifest.voices) if self.model.mode == "speech" else []})
 
     async def metrics_text(self, request: Request) -> PlainTextResponse:
-        return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(self.metrics.render(len(self.sessions)), media_type="text/plain; version=0.0.4")
 
 
 async def page(request: Request) -> FileResponse:

@@ -76,8 +76,7 @@ def committed_turns(q: np.ndarray, turns: int, silence_ms: int) -> list[np.ndarr
     detector, out = TurnDetector(0.5, LEAD_MS, silence_ms, 60.0), []
     pcm = (np.clip(stream_of(q, silence_ms), -1, 1) * 32767).round().astype(np.int16)
     for _ in range(turns):
-        events = detector.push(pcm.astype(np.float32) / 32768.0)
-        out += [(e.audio * 32768.0).clip(-32768, 32767).astype(np.int16) for e in events if e.audio is not None]
+        out += [e.audio for e in detector.push(pcm) if e.audio is not None]
     if len(out) != turns:
         raise SystemExit(f"covo-edge bench-serve: the VAD found {len(out)} turns in {turns} repetitions of the "
                          "question: use a question with speech in it (--input)")

@@ -12,16 +12,6 @@ FIRST_AUDIO_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 
 
 
 @dataclass
-class Labelled:
-    """A counter per label value (errors by code, turns by status)."""
-
-    counts: Counter = field(default_factory=Counter)
-
-    def inc(self, label: str) -> None:
-        self.counts[label] += 1
-
-
-@dataclass
 class Histogram:
     buckets: tuple[float, ...]
     counts: list[int] = field(default_factory=list)
@@ -43,10 +33,9 @@ class Metrics:
     def __init__(self, max_sessions: int):
         self.lock = threading.Lock()
         self.max_sessions = max_sessions
-        self.sessions = 0
         self.sessions_total = 0
-        self.turns = Labelled()
-        self.errors = Labelled()
+        self.turns: Counter[str] = Counter()  # by final status
+        self.errors: Counter[str] = Counter()  # error events sent, by code
         self.first_audio = Histogram(FIRST_AUDIO_BUCKETS)
         self.tokens = 0
         self.decode_seconds = 0.0
@@ -54,7 +43,7 @@ class Metrics:
 
     def turn(self, status: str, first_audio: float | None, tokens: int, decode_seconds: float) -> None:
         with self.lock:
-            self.turns.inc(status)
+            self.turns[status] += 1
             if first_audio is not None:
                 self.first_audio.observe(first_audio)
             self.tokens += tokens
@@ -62,16 +51,16 @@ class Metrics:
             if decode_seconds > 0:
                 self.last_tokens_per_second = tokens / decode_seconds
 
-    def render(self) -> str:
+    def render(self, sessions_open: int) -> str:
         with self.lock:
             lines = [
-                *_series("covo_sessions_open", "gauge", "realtime sessions open now", [("", self.sessions)]),
+                *_series("covo_sessions_open", "gauge", "realtime sessions open now", [("", sessions_open)]),
                 *_series("covo_sessions_max", "gauge", "--max-sessions", [("", self.max_sessions)]),
                 *_series("covo_sessions_total", "counter", "sessions opened", [("", self.sessions_total)]),
                 *_series("covo_turns_total", "counter", "responses by final status",
-                         [(f'{{status="{k}"}}', v) for k, v in sorted(self.turns.counts.items())]),
+                         [(f'{{status="{k}"}}', v) for k, v in sorted(self.turns.items())]),
                 *_series("covo_errors_total", "counter", "error events sent, by code",
-                         [(f'{{code="{k}"}}', v) for k, v in sorted(self.errors.counts.items())]),
+                         [(f'{{code="{k}"}}', v) for k, v in sorted(self.errors.items())]),
                 *_series("covo_decode_tokens_total", "counter", "tokens decoded", [("", self.tokens)]),
                 *_series("covo_decode_seconds_total", "counter", "seconds spent decoding", [("", self.decode_seconds)]),
                 *_series("covo_decode_tokens_per_second", "gauge", "decode speed of the last turn",

@@ -125,13 +125,6 @@ _WHOLE = {("audio", "input", "turn_detection"), ("audio", "input", "format"), ("
           ("tracing",), ("prompt",), ("tool_choice",)}
 
 
-def _unsupported(what: str) -> Callable[[SessionConfig, Any], SessionConfig]:
-    def refuse(c: SessionConfig, value: Any) -> SessionConfig:
-        raise ProtocolError(f"{what} (got {value!r})", code="unsupported_parameter")
-
-    return refuse
-
-
 def _only(allowed: Any, what: str) -> Callable[[SessionConfig, Any], SessionConfig]:
     """A field the model honours only at one value: that value is accepted, any other refused."""
 
@@ -206,11 +199,11 @@ def _turn_detection(c: SessionConfig, value: Any) -> SessionConfig:
         if key == "threshold":
             td.threshold = float(_number(v, key, 0.0, 1.0))
         elif key in ("prefix_padding_ms", "silence_duration_ms"):
-            td.__setattr__(key, int(_number(v, key, 0, 10000)))
+            setattr(td, key, int(_number(v, key, 0, 10000)))
         elif key in ("create_response", "interrupt_response"):
             if not isinstance(v, bool):
                 raise ProtocolError(f"{key} must be true or false, got {v!r}", code="invalid_value")
-            td.__setattr__(key, v)
+            setattr(td, key, v)
         elif key == "idle_timeout_ms":
             if v is not None:
                 raise ProtocolError("idle_timeout_ms is not supported (leave it null)", code="unsupported_parameter")

@@ -107,7 +107,7 @@ class Session:
         async with self.sent_lock:
             await self._send(message)
         if message["type"] == "error":
-            self.metrics.errors.inc(message["error"]["code"])
+            self.metrics.errors[message["error"]["code"]] += 1
 
     async def start(self) -> None:
         await self.send(event("session.created", session=self.config.to_json()))
@@ -174,7 +174,7 @@ class Session:
             self.buffer.append(samples)
             self.buffered += len(samples)
             return
-        for e in self.detector.push(samples.astype(np.float32) / 32768.0):
+        for e in self.detector.push(samples):
             if e.kind == "speech_started":
                 self.speech_item = new_id("item")
                 await self._barge_in()
@@ -183,8 +183,7 @@ class Session:
             else:
                 item_id, self.speech_item = self.speech_item or new_id("item"), None
                 await self.send(event("input_audio_buffer.speech_stopped", audio_end_ms=e.ms, item_id=item_id))
-                audio = (e.audio * 32768.0).clip(-32768, 32767).astype(np.int16)
-                if len(audio) >= MIN_COMMIT_MS * RATE // 1000 and await self._commit_audio(audio, item_id, m.get("event_id")) and self.config.turn_detection.create_response:
+                if len(e.audio) >= MIN_COMMIT_MS * RATE // 1000 and await self._commit_audio(e.audio, item_id, m.get("event_id")) and self.config.turn_detection.create_response:
                     if self.response is None:
                         await self._start_response({}, time.perf_counter())
                     else:
@@ -200,8 +199,7 @@ class Session:
 
     async def _commit(self, m: dict[str, Any]) -> None:
         if self.detector is not None:  # server VAD: commit the speech heard so far
-            taken = self.detector.take()
-            self.buffer = [(taken * 32768.0).clip(-32768, 32767).astype(np.int16)]
+            self.buffer = [self.detector.take()]
             self.speech_item = None
         audio = np.concatenate(self.buffer) if self.buffer else np.zeros(0, np.int16)
         if len(audio) < MIN_COMMIT_MS * RATE // 1000:

@@ -54,8 +54,8 @@ class Silero:
 
 
 def decimate(window24k: np.ndarray) -> np.ndarray:
-    """24 kHz -> 16 kHz by linear interpolation (samples at 0, 1.5, 3, ...): enough for a VAD."""
-    x = window24k.reshape(-1, 3)
+    """24 kHz PCM16 -> 16 kHz float by linear interpolation (samples at 0, 1.5, 3, ...): enough for a VAD."""
+    x = window24k.reshape(-1, 3).astype(np.float32) * np.float32(1 / 32768)
     return np.stack([x[:, 0], 0.5 * (x[:, 1] + x[:, 2])], axis=1).reshape(-1)
 
 
@@ -63,7 +63,7 @@ def decimate(window24k: np.ndarray) -> np.ndarray:
 class VadEvent:
     kind: str  # "speech_started" | "speech_stopped"
     ms: int  # audio_start_ms (prefix padding included) or audio_end_ms, from the session's first sample
-    audio: np.ndarray | None = None  # with speech_stopped: the turn's 24 kHz audio, prefix padding included
+    audio: np.ndarray | None = None  # with speech_stopped: the turn's 24 kHz PCM16, prefix padding included
 
 
 class TurnDetector:
@@ -78,8 +78,8 @@ class TurnDetector:
         self.silence_windows = -(-silence_duration_ms * 2 // 64)  # ms -> 32 ms windows, rounded up
         self.max_samples = int(max_seconds * 24000)
         self.vad = Silero()
-        self.pending = np.zeros(0, np.float32)  # samples short of a window
-        self.ring = np.zeros(0, np.float32)  # the last prefix_padding_ms before speech
+        self.pending = np.zeros(0, np.int16)  # samples short of a window
+        self.ring = np.zeros(0, np.int16)  # the last prefix_padding_ms before speech
         self.turn: list[np.ndarray] | None = None  # the current turn's windows, while speaking
         self.turn_samples = 0
         self.quiet = 0  # windows below the closing threshold since the last speech
@@ -90,7 +90,7 @@ class TurnDetector:
         return self.turn is not None
 
     def push(self, samples24k: np.ndarray) -> list[VadEvent]:
-        """Feed 24 kHz float samples; the events they complete, in order."""
+        """Feed 24 kHz PCM16 samples (int16, as the protocol carries them); the events they complete, in order."""
         x = np.concatenate([self.pending, samples24k]) if self.pending.size else samples24k
         n = len(x) // WINDOW_24K * WINDOW_24K
         self.pending = x[n:].copy()
@@ -120,16 +120,16 @@ class TurnDetector:
 
     def _stop(self, end: int) -> VadEvent:
         audio = np.concatenate(self.turn)
-        self.turn, self.ring = None, np.zeros(0, np.float32)
+        self.turn, self.ring = None, np.zeros(0, np.int16)
         return VadEvent("speech_stopped", end // 24, audio)
 
     def take(self) -> np.ndarray:
         """The turn heard so far (empty when no speech is going on), as if it had stopped here (a manual
         commit under server VAD)."""
-        audio = np.concatenate(self.turn) if self.turn is not None else np.zeros(0, np.float32)
+        audio = np.concatenate(self.turn) if self.turn is not None else np.zeros(0, np.int16)
         self.clear()
         return audio
 
     def clear(self) -> None:
         """Drop the turn in progress (input_audio_buffer.clear); the stream's position goes on."""
-        self.turn, self.ring, self.pending = None, np.zeros(0, np.float32), np.zeros(0, np.float32)
+        self.turn, self.ring, self.pending = None, np.zeros(0, np.int16), np.zeros(0, np.int16)
