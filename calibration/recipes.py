@@ -4,9 +4,9 @@ Every recipe writes standard ONNX only (DequantizeLinear, QuantizeLinear): one g
 backends. TensorRT parses it as is; ONNX Runtime fuses a block-wise int4 or per-channel int8
 DequantizeLinear feeding a MatMul into its `MatMulNBits` kernel at load, with the accuracy level the runtime
 sets (4: int8 compute on the CPU), which measured as fast as a graph written with `MatMulNBits` itself. The
-math is the libraries': ONNX Runtime's quantization tools (`MatMulNBitsQuantizer`, its quantization
-utilities) and NVIDIA ModelOpt's ONNX PTQ (AWQ, int8 and fp8 Q/DQ with calibration).
-"""
+math is the libraries': ONNX Runtime's block-wise int4 kernel and ModelOpt's quantizers, weight-only recipes
+streamed one matrix at a time (`weight_stream`), and ModelOpt's ONNX PTQ (AWQ, int8 and fp8 Q/DQ with
+calibration), whose output gets its LM head streamed the same way."""
 
 from __future__ import annotations
 
@@ -16,13 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 
 from covo_edge.runtime.errors import OptionError
 
 from .capture import Calibration
+from .weight_stream import WeightStream, int4_block, int8_channel
 
 # ModelOpt keeps every intermediate tensor of every calibration sample, and a decode step's attention
 # tensors grow with its history: on the small model AWQ held 17.5 GB over 128 decode steps, and int8 max
@@ -43,6 +42,7 @@ class Job:
     graph: str
     source: Path  # the graph's .onnx in the source artifacts
     scratch: Path  # an empty directory for intermediate files
+    out: Path  # where `graph.onnx` and `graph.onnx.data` go
     calibration: Calibration
     lm_head: str  # int8 | int4 | keep
     vocab_size: int
@@ -54,7 +54,7 @@ class Recipe:
     name: str
     purpose: str
     graphs: tuple[str, ...]
-    quantize: Callable[[Job], tuple[onnx.ModelProto, str]]  # -> the graph, its precision in words
+    quantize: Callable[[Job], str]  # writes the graph into job.out, returns its precision in words
     targets: dict[str, str]
     calibrated: bool
 
@@ -73,56 +73,17 @@ def _weight_matmuls(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
 
 
-def _opset_at_least(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
-    for o in model.opset_import:
-        if o.domain in ("", "ai.onnx") and o.version < version:
-            o.version = version
-    return model
-
-
-def int4_rtn(model: onnx.ModelProto, exclude: list[str] = (), include: list[str] | None = None) -> onnx.ModelProto:
-    """Symmetric block-wise int4 weights, round to nearest (ONNX Runtime's `MatMulNBitsQuantizer`, QDQ form:
-    int4 DequantizeLinear with `block_size`, opset 21)."""
-    from onnxruntime.quantization import QuantFormat
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    q = MatMulNBitsQuantizer(model, bits=4, block_size=BLOCK, is_symmetric=True, quant_format=QuantFormat.QDQ,
-                             op_types_to_quantize=("MatMul",), nodes_to_exclude=list(exclude),
-                             nodes_to_include=include)
-    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # a line per node otherwise
-    q.process()
-    return _opset_at_least(q.model.model, 21)
-
-
-def int8_weights(model: onnx.ModelProto, nodes: list[str]) -> onnx.ModelProto:
-    """Symmetric per-output-channel int8 weights, round to nearest, for these MatMuls (ModelOpt's quantizer,
-    one block spanning the input dim): an int8 initializer and a DequantizeLinear (axis 1) before each."""
-    from modelopt.onnx.quantization.quant_utils import quant_tensor
-
-    weights = {t.name: t for t in model.graph.initializer}
-    chosen = set(nodes)
-    nodes_out = []
-    for node in model.graph.node:
-        if node.name in chosen:
-            w = weights[node.input[1]]
-            array = numpy_helper.to_array(w)
-            q, scale, _ = quant_tensor(array, block_size=array.shape[0], quantize_axis=0, num_bits=8)
-            model.graph.initializer.remove(w)
-            model.graph.initializer.extend([numpy_helper.from_array(q.astype(np.int8), f"{w.name}_int8"),
-                                            numpy_helper.from_array(scale.reshape(-1).astype(array.dtype),
-                                                                    f"{w.name}_scale")])
-            nodes_out.append(helper.make_node("DequantizeLinear", [f"{w.name}_int8", f"{w.name}_scale"],
-                                              [f"{w.name}_dq"], name=f"{node.name}_dq", axis=1))
-            node.input[1] = f"{w.name}_dq"
-        nodes_out.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes_out)
-    return _opset_at_least(model, 13)
+def save_graph(model: onnx.ModelProto, job: Job) -> None:
+    """`graph.onnx` with its weights in `graph.onnx.data` (small constants stay inline, where shape inference
+    reads them)."""
+    onnx.save(model, str(job.out / f"{job.graph}.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=f"{job.graph}.onnx.data")
 
 
 def modelopt(job: Job, mode: str, method: str, exclude: list[str], prefills: int = PREFILLS,
-             block_size: int | None = None) -> onnx.ModelProto:
-    """ModelOpt's ONNX PTQ on a scratch copy (it writes beside its input), calibrated on the recorded feeds."""
+             block_size: int | None = None) -> Path:
+    """ModelOpt's ONNX PTQ on a scratch copy (it writes beside its input), calibrated on the recorded feeds;
+    returns the quantized graph's path."""
     from modelopt.onnx.quantization import quantize
 
     for f in job.source.parent.glob(job.source.name + "*"):
@@ -133,45 +94,50 @@ def modelopt(job: Job, mode: str, method: str, exclude: list[str], prefills: int
              calibration_data_reader=job.calibration.reader(job.graph, MODELOPT_SAMPLES, prefills), calibration_eps=["cpu"],
              nodes_to_exclude=exclude, output_path=str(out), use_external_data_format=True, log_level="ERROR",
              high_precision_dtype={"float32": "fp32", "float16": "fp16"}[job.dtype], block_size=block_size)
-    return onnx.load(str(out))
+    return out
 
 
-def with_lm_head(job: Job, model: onnx.ModelProto, lm: str | None, body: str) -> tuple[onnx.ModelProto, str]:
-    """The LM head (168055 x 3584 in the release: a quarter of the int4 bytes per token) at its own precision."""
-    if lm is None or job.lm_head == "keep":
-        return model, f"{body}; LM head {job.dtype}"
-    if job.lm_head == "int4":
-        return int4_rtn(model, include=[lm]), f"{body}; LM head int4 weights (block {BLOCK}, RTN)"
-    return int8_weights(model, [lm]), f"{body}; LM head int8 weights (per channel, RTN)"
+def _backbone(job: Job, body: str, body_op: Callable | None = None, quantized: Path | None = None,
+              opset: int = 13) -> str:
+    """The backbone with its body quantized (streamed with `body_op`, or already by a tool into `quantized`)
+    and the LM head (168055 x 3584 in the release: a quarter of the int4 bytes per token) at its own precision,
+    streamed into the output one matrix at a time."""
+    stream = WeightStream(quantized or job.source, job.out, job.graph)
+    lm = lm_head_node(stream.model, job.vocab_size)
+    chosen = {n: body_op for n in _weight_matmuls(stream.model) if n != lm} if body_op else {}
+    words = f"{body}, {job.dtype} activations; LM head {job.dtype}"
+    if lm is not None and job.lm_head == "int4":
+        chosen[lm], opset = int4_block(BLOCK), 21
+        words = f"{body}, {job.dtype} activations; LM head int4 weights (block {BLOCK}, RTN)"
+    elif lm is not None and job.lm_head == "int8":
+        chosen[lm] = int8_channel
+        words = f"{body}, {job.dtype} activations; LM head int8 weights (per channel, RTN)"
+    stream.rewrite(chosen, opset)
+    return words
 
 
-def _backbone(job: Job, quantize_body: Callable[[onnx.ModelProto, list[str]], onnx.ModelProto], body: str):
-    model = onnx.load(str(job.source))
-    lm = lm_head_node(model, job.vocab_size)
-    exclude = [lm] if lm else []
-    return with_lm_head(job, quantize_body(model, exclude), lm, f"{body}, {job.dtype} activations")
-
-
-def _int4_awq(job: Job) -> tuple[onnx.ModelProto, str]:
+def _int4_awq(job: Job) -> str:
     # AWQ-clip stacks the activations of its samples: the one-token decode steps all share one shape.
-    return _backbone(job, lambda m, ex: modelopt(job, "int4", "awq_clip", ex, prefills=0, block_size=BLOCK),
-                     f"int4 weights (block {BLOCK}, symmetric, AWQ-clip)")
+    lm = lm_head_node(onnx.load(str(job.source), load_external_data=False), job.vocab_size)
+    out = modelopt(job, "int4", "awq_clip", [lm] if lm else [], prefills=0, block_size=BLOCK)
+    return _backbone(job, f"int4 weights (block {BLOCK}, symmetric, AWQ-clip)", quantized=out, opset=21)
 
 
-def _int4_rtn(job: Job) -> tuple[onnx.ModelProto, str]:
-    return _backbone(job, lambda m, ex: int4_rtn(m, exclude=ex), f"int4 weights (block {BLOCK}, symmetric, RTN)")
+def _int4_rtn(job: Job) -> str:
+    return _backbone(job, f"int4 weights (block {BLOCK}, symmetric, RTN)", int4_block(BLOCK), opset=21)
 
 
-def _int8_weights(job: Job) -> tuple[onnx.ModelProto, str]:
-    return _backbone(job, lambda m, ex: int8_weights(m, [n for n in _weight_matmuls(m) if n not in ex]),
-                     "int8 weights (per channel, symmetric, RTN)")
+def _int8_weights(job: Job) -> str:
+    return _backbone(job, "int8 weights (per channel, symmetric, RTN)", int8_channel)
 
 
-def _qdq(mode: str, words: str) -> Callable[[Job], tuple[onnx.ModelProto, str]]:
-    def run(job: Job) -> tuple[onnx.ModelProto, str]:
+def _qdq(mode: str, words: str) -> Callable[[Job], str]:
+    def run(job: Job) -> str:
         if job.graph != "backbone":
-            return modelopt(job, mode, "max", []), f"{words}, {job.dtype} elsewhere"
-        return _backbone(job, lambda m, ex: modelopt(job, mode, "max", ex), words)
+            save_graph(onnx.load(str(modelopt(job, mode, "max", []))), job)
+            return f"{words}, {job.dtype} elsewhere"
+        lm = lm_head_node(onnx.load(str(job.source), load_external_data=False), job.vocab_size)
+        return _backbone(job, words, quantized=modelopt(job, mode, "max", [lm] if lm else []))
 
     return run
 

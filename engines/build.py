@@ -90,7 +90,7 @@ def shrink_profiles(profiles: list[dict[str, list[int]]], max_context: int | Non
 
 @dataclass
 class BuildResult:
-    engine: bytes
+    engine: memoryview  # the builder's own buffer: a 15 GB plan is not copied into a bytes object to be written
     seconds: float
     warnings: list[str] = field(default_factory=list)
     timing_cache: bytes | None = None  # updated, for the next build (classic TensorRT only)
@@ -132,7 +132,8 @@ def build_engine(onnx_path: Path, spec: GraphSpec, target: str = "rtx", compute_
         errors = "; ".join(m for s, m in log.messages if s in ("ERROR", "INTERNAL_ERROR"))
         raise EngineError(f"{trt.__name__} failed to build {onnx_path.name}: {errors or 'no message'}")
     warnings = [m for s, m in log.messages if s == "WARNING"]
-    return BuildResult(engine=bytes(engine), seconds=time.perf_counter() - t0, warnings=warnings,
+    del parser, network  # the parsed weights: the plan holds its own copy
+    return BuildResult(engine=memoryview(engine), seconds=time.perf_counter() - t0, warnings=warnings,
                        timing_cache=bytes(cache.serialize()) if cache is not None else None)
 
 

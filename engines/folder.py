@@ -160,9 +160,10 @@ def build_engines(artifacts: str | Path, out: str | Path, options: BuildOptions,
             path = tmp / f"{g}.engine"
             path.write_bytes(result.engine)
             report.index.engines[g] = EngineEntry(
-                file=path.name, bytes=len(result.engine), sha256=sha256(path), recipe=wanted[g],
+                file=path.name, bytes=result.engine.nbytes, sha256=sha256(path), recipe=wanted[g],
                 build_seconds=round(result.seconds, 3), built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 warnings=result.warnings)
+            del result  # the plan's memory goes before the next graph is parsed
             report.built.append(g)
         if cache_bytes:
             (tmp / TIMING_CACHE).write_bytes(cache_bytes)

@@ -12,7 +12,7 @@ from covo_edge.runtime.cli import int_at_least
 def _make_tiny(args: argparse.Namespace) -> int:
     from .tiny import make_tiny
 
-    out = make_tiny(args.out_dir, seed=args.seed, size=args.size, force=args.force)
+    out = make_tiny(args.out_dir, seed=args.seed, size=args.size, force=args.force, layers=args.layers)
     print(f"wrote a random-weight {args.size} release to {out}")
     return 0
 
@@ -51,7 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("make-tiny", help="write a random-weight release of the exact architecture (export extra)")
     t.add_argument("out_dir")
     t.add_argument("--seed", type=int_at_least(0), default=0)
-    t.add_argument("--size", choices=("tiny", "small"), default="tiny", help="small = Qwen2.5-0.5B-shaped backbone")
+    t.add_argument("--size", choices=("tiny", "small", "wide"), default="tiny",
+                   help="small = Qwen2.5-0.5B-shaped backbone; wide = every part at the released width, 2 backbone "
+                        "layers (6.2 GB)")
+    t.add_argument("--layers", type=int_at_least(1), help="backbone layers (default: the size's; wide: 2)")
     t.add_argument("--force", action="store_true", help="replace an earlier make-tiny in OUT_DIR")
     t.set_defaults(run=_make_tiny, extra="export")
 

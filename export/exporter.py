@@ -35,7 +35,7 @@ from covo_edge.runtime.token2wav import VOICE_FILES
 
 from .config import ReleaseError
 from .graphs import GraphExport, audio_adapter, audio_encoder, backbone, embed_tokens, token2latent, vocoder
-from .release import Release, load_covo, load_token2wav
+from .release import LazyWeights, Release, load_covo, load_token2wav
 from .vocoder import receptive_field
 
 OPSET = 18
@@ -45,6 +45,7 @@ SPECIAL_IDS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begofcAUDIO|>",
 ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
                onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32"}
 MIN_CONTEXT = 256  # the system prompt and a short question
+FOLD_LIMIT = 8192  # constant folding leaves larger tensors alone, bar Transpose: those stay on disk until written
 
 
 def _specs(values) -> list[TensorSpec]:
@@ -68,18 +69,46 @@ def strip_provenance(model: onnx.ModelProto) -> None:
             proto.doc_string = ""
 
 
+def bind_lazy(model: ir.Model, lazy: LazyWeights) -> None:
+    """Swap each placeholder initializer for a read of the checkpoint at save time, folding a Transpose that
+    is its only use into the read (what constant folding would do, holding every transposed copy at once)."""
+    graph = model.graph
+    for v in list(graph.initializers.values()):
+        raw = getattr(v.const_value, "raw", None)
+        stored = lazy.source(raw) if isinstance(raw, torch.Tensor) else None
+        if stored is None:
+            continue
+        uses = v.uses()
+        node = uses[0].node if len(uses) == 1 else None
+        if node is None or node.op_type != "Transpose" or node.outputs[0].is_graph_output():
+            v.const_value = ir.LazyTensor(lambda s=stored: ir.Tensor(lazy.read(s)), v.const_value.dtype,
+                                          v.const_value.shape, name=v.name)
+            continue
+        perm = node.attributes["perm"].as_ints()
+        out = node.outputs[0]
+        shape = ir.Shape([stored.shape[i] for i in perm])
+        folded = ir.Value(shape=shape, type=ir.TensorType(v.const_value.dtype), const_value=ir.LazyTensor(
+            lambda s=stored, p=perm: ir.Tensor(lazy.read(s, p)), v.const_value.dtype, shape))
+        out.replace_all_uses_with(folded)
+        graph.remove(node, safe=True)
+        graph.initializers.pop(v.name)
+        folded.name = folded.const_value.name = out.name
+        graph.register_initializer(folded)
+
+
 def simplify(model: ir.Model) -> None:
     """Constant folding and clean-up, without onnxscript's pattern rewriter: ONNX Runtime and TensorRT fuse
     at load what it would (the vocoder runs as fast either way), and it took two thirds of the export."""
-    fold_constants_ir(model)
+    fold_constants_ir(model, input_size_limit=FOLD_LIMIT)
     for step in (common.RemoveUnusedNodesPass(), common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
                  common.DeduplicateInitializersPass(), common.CommonSubexpressionEliminationPass(),
                  common.RemoveUnusedNodesPass()):
         step(model)
 
 
-def export_graph(g: GraphExport, out: Path) -> GraphSpec:
-    """Trace with torch.export, write ONNX (external data beside it), strip provenance, check, describe its I/O."""
+def export_graph(g: GraphExport, out: Path, lazy: LazyWeights | None = None) -> GraphSpec:
+    """Trace with torch.export, write ONNX (external data beside it), strip provenance, check, describe its I/O.
+    With `lazy`, the module's placeholder weights are read from the checkpoint one by one as they are written."""
     path = out / g.file
     dtype = next(g.module.parameters()).dtype
     args = tree_map(lambda t: t.to(dtype) if t.is_floating_point() else t, g.args)
@@ -90,6 +119,8 @@ def export_graph(g: GraphExport, out: Path) -> GraphSpec:
             g.module.eval(), args, input_names=g.inputs, output_names=g.outputs,
             dynamic_shapes=g.dynamic_shapes, dynamo=True, opset_version=OPSET, verbose=False, optimize=False,
         )
+        if lazy is not None:
+            bind_lazy(program.model, lazy)
         simplify(program.model)
         program.save(str(path), external_data=True)
     model = onnx.load(str(path), load_external_data=False)
@@ -119,7 +150,8 @@ def export_release(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp3
 def _export(release: Release, out: Path, torch_dtype: torch.dtype, voices: list[str] | None, max_context: int,
             quiet: bool) -> None:
     chosen = [release.voice(v) for v in voices] if voices else [release.voice()]
-    model = load_covo(release, torch_dtype)  # bf16 checkpoint -> fp16 shard by shard: no fp32 copy
+    lazy = LazyWeights(torch_dtype, FOLD_LIMIT)
+    model = load_covo(release, torch_dtype, lazy)  # the big weights stay on disk until their graph is written
     t2w = load_token2wav(release)
     vocoder_reach = receptive_field(t2w.wavegan, t2w.config.vocoder.hop)  # measured in float64, before casting
     t2w.token2latent.to(torch_dtype)  # the latent stats stay float32 for the manifest
@@ -130,7 +162,7 @@ def _export(release: Release, out: Path, torch_dtype: torch.dtype, voices: list[
     ]
     specs = {}
     for g in tqdm(graphs, desc="export", unit="graph", disable=quiet):
-        specs[g.name] = export_graph(g, out)
+        specs[g.name] = export_graph(g, out, lazy)
     for f in TOKENIZER_FILES:
         if (release.root / f).is_file():
             shutil.copyfile(release.root / f, out / f)

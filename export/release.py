@@ -166,8 +166,55 @@ def build_covo(config: CovoConfig, device: str | torch.device = "cpu") -> CovoAu
         return CovoAudio(config)
 
 
-def load_covo(release: Release, dtype: torch.dtype = torch.float32) -> CovoAudio:
-    """Build on the meta device and assign checkpoint tensors shard by shard: one copy in memory."""
+@dataclass(frozen=True)
+class StoredTensor:
+    """Where one checkpoint tensor lies in its .safetensors file."""
+
+    path: Path
+    start: int
+    nbytes: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+class LazyWeights:
+    """Checkpoint tensors left on disk until they are written out. The model holds, for each tensor of more
+    than `above` elements, a placeholder of its shape and dtype backed by a single element (a stride-0
+    view), which traces like the real one; the exporter swaps it for a read of the file as it writes the
+    graph, so an export holds one weight at a time, not the model."""
+
+    def __init__(self, dtype: torch.dtype, above: int):
+        self.dtype = dtype
+        self.above = above
+        self._stored: dict[int, StoredTensor] = {}
+
+    def placeholder(self, stored: StoredTensor) -> torch.Tensor:
+        t = torch.empty(1, dtype=self.dtype).expand(stored.shape)
+        self._stored[t.data_ptr()] = stored
+        return t
+
+    def source(self, t: torch.Tensor) -> StoredTensor | None:
+        """The stored tensor a placeholder stands for (None for a real tensor)."""
+        if t.numel() <= 1 or any(t.stride()):
+            return None
+        return self._stored.get(t.data_ptr())
+
+    def read(self, stored: StoredTensor, perm: Sequence[int] | None = None) -> np.ndarray:
+        """The tensor in the export's dtype (and axis order): the stored bytes, converted once."""
+        raw = torch.empty(stored.nbytes, dtype=torch.uint8)
+        with open(stored.path, "rb") as f:
+            f.seek(stored.start)
+            f.readinto(memoryview(raw.numpy()))
+        t = raw.view(stored.dtype).reshape(stored.shape)
+        if perm is not None:
+            t = t.permute(*perm)
+        # one copy converts and lays out at once: the stored bytes and the result, never a third tensor
+        return torch.empty(t.shape, dtype=self.dtype).copy_(t).numpy()
+
+
+def load_covo(release: Release, dtype: torch.dtype = torch.float32, lazy: LazyWeights | None = None) -> CovoAudio:
+    """Build on the meta device and assign checkpoint tensors shard by shard: one copy in memory. With
+    `lazy`, tensors above its size stay on disk as placeholders (see `LazyWeights`)."""
     model = build_covo(release.config, "meta")
     expected = {k: v.shape for k, v in model.state_dict().items()}
     what = f"weights in {release.root}"
@@ -177,7 +224,15 @@ def load_covo(release: Release, dtype: torch.dtype = torch.float32) -> CovoAudio
         shapes = {k: torch.Size(v["shape"]) for k, v in header.items()}
         check_shapes(expected, shapes, what)
         loaded.update(shapes)
-        for k, tensor in _read_tensors(f, header, [k for k in shapes if k in expected]):
+        wanted = [k for k in shapes if k in expected]
+        if lazy is not None:
+            for k in [k for k in wanted if shapes[k].numel() > lazy.above]:
+                v = header[k]
+                stored = StoredTensor(f, v["start"], v["data_offsets"][1] - v["data_offsets"][0], v["torch_dtype"],
+                                      tuple(v["shape"]))
+                model.load_state_dict({k: lazy.placeholder(stored)}, strict=False, assign=True)
+            wanted = [k for k in wanted if shapes[k].numel() <= lazy.above]
+        for k, tensor in _read_tensors(f, header, wanted):
             # one tensor at a time, read (not mapped): peak memory = the model + one tensor
             model.load_state_dict({k: tensor.to(dtype, copy=True)}, strict=False, assign=True)
     check_keys(expected, loaded, what)

@@ -1,7 +1,9 @@
 """Random-weight releases of the exact Covo-Audio-Chat architecture and layout, generated offline.
 
 `tiny` runs the whole pipeline in seconds on 2 CPU cores (tests); `small` has the Qwen2.5-0.5B
-backbone shape, the size on which speed is measured. Both keep the real vocabulary (168055 ids,
+backbone shape, the size on which speed is measured; `wide` has every component at the released width
+(Whisper-large-v3, the 168055-row embedding and LM head, Qwen2.5-7B layers, the full DiT and BigVGAN)
+with the backbone cut to 2 layers: the shapes, file sizes and memory of the real model, per layer. All keep the real vocabulary (168055 ids,
 text ids below 151671) and token-id layout, bf16 sharded safetensors, a weight-normed token2wav
 checkpoint and a voice prompt whose latent prefix is 3 frames longer than 4x its codes (as released).
 `tiny` also ships a second voice, `long`, whose prompt is longer than the streaming windows (512 frames),
@@ -11,14 +13,14 @@ so that tests run the prompt cut and the history drop that the released 1167-fra
 from __future__ import annotations
 
 import json
+import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
-from safetensors.torch import save_file
 from transformers import Qwen2Config, WhisperConfig
 
 from covo_edge.runtime.errors import OptionError
@@ -67,11 +69,13 @@ SIZES = {
         voice_codes=291,  # the released voice prompt: 291 codes, 1167 latent frames
     ),
 }
-# The released model's shapes: never written (16 GB of noise), built on the meta device for paper projections.
+# The released model's shapes: never written (17 GB of noise); `wide` is it with 2 backbone layers.
 RELEASE = Size(
     hidden=3584, layers=28, heads=28, kv_heads=4, intermediate=18944, enc_dim=1280, enc_layers=32, enc_heads=20,
     dit=DiTConfig(), vocoder=VocoderConfig(), voice_codes=291,
 )
+SIZES["wide"] = replace(RELEASE, layers=2)
+SHARD_BYTES = 5 * 10**9  # save_pretrained's shard size; every release gets at least two shards (an index)
 
 
 def covo_config(size: Size) -> CovoConfig:
@@ -115,17 +119,50 @@ def _randomize(module: torch.nn.Module, seed: int, prefix: str) -> dict[str, tor
     }
 
 
+def shard(sizes: dict[str, int], limit: int) -> list[list[str]]:
+    """Keys in order, cut into shards of at most `limit` bytes (a bigger tensor gets a shard of its own)."""
+    shards: list[list[str]] = [[]]
+    used = 0
+    for k, n in sizes.items():
+        if shards[-1] and used + n > limit:
+            shards.append([])
+            used = 0
+        shards[-1].append(k)
+        used += n
+    return shards
+
+
+def write_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], make) -> None:
+    """A bf16 .safetensors file written tensor by tensor: `make(key)` gives each value as it is written, so
+    memory holds one tensor, not the shard (safetensors' own `save_file` takes them all at once)."""
+    header, offset = {}, 0
+    for k, shape in shapes.items():
+        n = 2 * math.prod(shape)
+        header[k] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps({"__metadata__": {"format": "pt"}, **header}, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for k, shape in shapes.items():
+            value = make(k).to(torch.bfloat16).contiguous()
+            if tuple(value.shape) != tuple(shape):
+                raise AssertionError(f"{k}: made {tuple(value.shape)}, declared {shape}")
+            f.write(value.view(torch.uint8).numpy().data)
+
+
 def _write_llm(out: Path, config: CovoConfig, seed: int) -> None:
-    state = _randomize(build_covo(config), seed, "")
-    shards = {
-        "model-00001-of-00002.safetensors": {k: v for k, v in state.items() if k.startswith("llm.")},
-        "model-00002-of-00002.safetensors": {k: v for k, v in state.items() if not k.startswith("llm.")},
-    }
+    """The LLM side, built on the meta device (no memory) and written one random tensor at a time."""
+    like = build_covo(config, "meta").state_dict()
+    sizes = {k: 2 * v.numel() for k, v in like.items()}
+    total = sum(sizes.values())
+    shards = shard(sizes, min(SHARD_BYTES, total // 2 + 1))
     weight_map = {}
-    for fname, shard in shards.items():
-        save_file({k: v.to(torch.bfloat16).contiguous() for k, v in shard.items()}, out / fname, metadata={"format": "pt"})
-        weight_map.update({k: fname for k in shard})
-    total = sum(v.numel() * 2 for v in state.values())
+    for i, keys in enumerate(shards, 1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        write_safetensors(out / fname, {k: tuple(like[k].shape) for k in keys}, lambda k: random_like(k, like[k], seed))
+        weight_map.update({k: fname for k in keys})
     (out / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
     )
@@ -164,12 +201,14 @@ def _write_token2wav(out: Path, config: Token2WavConfig, size: Size, seed: int) 
         np.save(voice / "speaker_embed.npy", rng.normal(0, 1, (1, config.dit.spkr_embed_dim)).astype(np.float32))
 
 
-def make_tiny(out_dir: str | Path, seed: int = 0, size: str = "tiny", force: bool = False, progress=print) -> Path:
+def make_tiny(out_dir: str | Path, seed: int = 0, size: str = "tiny", force: bool = False, progress=print,
+              layers: int | None = None) -> Path:
     """Write a complete random-weight release directory; written to a temp dir, renamed at the end (with
-    `force`, over an earlier make-tiny in `out_dir`)."""
+    `force`, over an earlier make-tiny in `out_dir`). `layers` overrides the size's backbone depth (two depths
+    of one width give each command's cost per layer)."""
     if size not in SIZES:
         raise OptionError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
-    spec = SIZES[size]
+    spec = SIZES[size] if layers is None else replace(SIZES[size], layers=layers)
     with staged_directory(out_dir, "make-tiny", force=force) as tmp:
         progress(f"[1/3] LLM, encoder, adapter ({size}) ...")
         _write_llm(tmp, covo_config(spec), seed)

@@ -214,3 +214,18 @@ def test_a_terminated_quantize_leaves_nothing_behind(tiny_art, tmp_path):
             run.kill()
             run.wait()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_no_report_quantizes_the_same_weights_and_says_the_report_was_skipped(tiny_art, tiny_quantized, tmp_path, capsys):
+    """--no-report: the same graphs as with the report (the quantizing does not depend on it), a report file
+    that says it was skipped and why, and artifacts that pass `check`."""
+    out = tmp_path / "q"
+    assert main(["quantize", str(tiny_art), "-o", str(out), "--recipe", "int4-rtn", "--no-report"]) == 0
+    assert "accuracy: the accuracy report was not measured (--no-report)" in capsys.readouterr().out
+    report = json.loads((out / "precision_report.json").read_text())
+    assert "skipped" in report and "backbone_teacher_forced" not in report
+    m, full = Manifest.load(out), Manifest.load(tiny_quantized("int4-rtn"))
+    assert not m.file_problems(out, checksums=True)
+    assert {f: m.files[f].sha256 for f in m.graphs["backbone"].files} == \
+        {f: full.files[f].sha256 for f in full.graphs["backbone"].files}
+    assert main(["check", str(out)]) == 0
