@@ -45,6 +45,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="teacher-forced steps per turn in the accuracy report")
     q.add_argument("--no-report", action="store_true",
                    help="skip the accuracy report: quantizing streams one matrix at a time, the report runs the "
-                        "source model (for the 7B: fp32 ~42 GB, fp16 on a CPU ~43 GB)")
+                        "source model (for the 7B about 45 GB from fp32 artifacts, 47 GB from fp16 ones on a CPU)")
     q.add_argument("--force", action="store_true", help="replace an earlier quantize in OUTPUT")
     q.set_defaults(run=_quantize, extra="calibration", parser=q)

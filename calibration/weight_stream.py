@@ -54,6 +54,14 @@ class WeightStream:
                 raise OSError(f"{self.source}: the data of {t.name} is truncated")
         return out
 
+    def raw(self, t: TensorProto) -> np.ndarray:
+        """An external initializer's stored bytes as they are (int4 and fp4 stay packed two to a byte)."""
+        info = {e.key: e.value for e in t.external_data}
+        with open(self.source.parent / info["location"], "rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            data = f.read(int(info["length"]))
+        return np.frombuffer(data, np.uint8)
+
     def tensor(self, name: str, data_type: int, dims: list[int], values: np.ndarray) -> TensorProto:
         """A new initializer holding `values`' bytes: inline when small, else appended to the output's data file."""
         raw = np.ascontiguousarray(values).reshape(-1).view(np.uint8)
@@ -94,7 +102,7 @@ class WeightStream:
             if uses.get(t.name, 0) == 0 and t.name not in outputs:
                 continue  # its only MatMuls now read the quantized copy
             if t.data_location == TensorProto.EXTERNAL:
-                survivors.append(self.tensor(t.name, t.data_type, list(t.dims), self.read(t)))
+                survivors.append(self.tensor(t.name, t.data_type, list(t.dims), self.raw(t)))
             else:
                 survivors.append(TensorProto())
                 survivors[-1].CopyFrom(t)
