@@ -75,7 +75,7 @@ RELEASE = Size(
     dit=DiTConfig(), vocoder=VocoderConfig(), voice_codes=291,
 )
 SIZES["wide"] = replace(RELEASE, layers=2)
-SHARD_BYTES = 5 * 10**9  # save_pretrained's shard size; every release gets at least two shards (an index)
+SHARD_BYTES = 5 * 10**9  # about save_pretrained's shard size; every release gets at least two shards (an index)
 
 
 def covo_config(size: Size) -> CovoConfig:
@@ -120,16 +120,15 @@ def _randomize(module: torch.nn.Module, seed: int, prefix: str) -> dict[str, tor
 
 
 def shard(sizes: dict[str, int], limit: int) -> list[list[str]]:
-    """Keys in order, cut into shards of at most `limit` bytes (a bigger tensor gets a shard of its own)."""
-    shards: list[list[str]] = [[]]
-    used = 0
-    for k, n in sizes.items():
-        if shards[-1] and used + n > limit:
-            shards.append([])
-            used = 0
-        shards[-1].append(k)
-        used += n
-    return shards
+    """Keys in order, cut by position into ceil(total / limit) shards, at least two (an index)."""
+    total = sum(sizes.values())
+    n = max(2, -(-total // limit))
+    shards: list[list[str]] = [[] for _ in range(n)]
+    offset = 0
+    for k, size in sizes.items():
+        shards[min(n - 1, offset * n // total)].append(k)
+        offset += size
+    return [s for s in shards if s]
 
 
 def write_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], make) -> None:
@@ -157,7 +156,7 @@ def _write_llm(out: Path, config: CovoConfig, seed: int) -> None:
     like = build_covo(config, "meta").state_dict()
     sizes = {k: 2 * v.numel() for k, v in like.items()}
     total = sum(sizes.values())
-    shards = shard(sizes, min(SHARD_BYTES, total // 2 + 1))
+    shards = shard(sizes, SHARD_BYTES)
     weight_map = {}
     for i, keys in enumerate(shards, 1):
         fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
