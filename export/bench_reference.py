@@ -32,7 +32,7 @@ def measure(model_dir: str, question: str, forced: list[int]) -> dict:
         "stages_ms": {"exact": {k: 1000 * turn.timings[k] for k in STAGES}},
         "speech_s": speech_s,
         "torch_threads": torch.get_num_threads(),
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
     }
 
 

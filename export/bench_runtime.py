@@ -82,7 +82,8 @@ def measure(artifacts: str, question: str, forced: list[int], seed: int = 0) -> 
     scale = deviation(e["dump"]["latents"], [other_latents[0]], e["dump"]["wav"], t2w.vocode(other_latents), t2w.spec.hop)
 
     speech_s = e["speech_s"]
-    peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # before the bandwidth probe's matrix
+    peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # before the bandwidth probe's
+    artifacts_gb = sum(f.stat().st_size for f in Path(artifacts).rglob("*") if f.is_file()) / 1e9
     weights = backbone_bytes(artifacts)
     bandwidth = read_bandwidth_gbs()
     int4_bytes = weights / 4 * (0.5 + 2 / 32)  # 4-bit weights and a fp16 scale per block of 32
@@ -115,6 +116,8 @@ def measure(artifacts: str, question: str, forced: list[int], seed: int = 0) -> 
         "prompt_tokens": int(len(e["dump"]["input_ids"])),
         "system_prompt_tokens": system_prompt_tokens,
         "peak_rss_gb": peak_rss_gb,
+        "artifacts_gb": artifacts_gb,
+        "peak_over_artifacts": peak_rss_gb / artifacts_gb,
     }
 
 

@@ -4,30 +4,15 @@ bandwidth) on named devices. A projection, not a measurement: real kernels reach
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from covo_edge.runtime.gpus import BYTES_PER_WEIGHT, GPUS, GpuSpec
 
 from .config import Token2WavConfig
 from .model import CovoAudio
 from .tiny import RELEASE, covo_config
 from .token2wav import ReferenceToken2Wav
-
-
-@dataclass(frozen=True)
-class Device:
-    name: str
-    bandwidth_gbs: float  # memory bandwidth, GB/s
-    fp16_tflops: float  # dense fp16 tensor-core peak (fp32 accumulate), TFLOP/s
-    source: str
-
-
-DEVICES = (
-    Device("Jetson AGX Orin 64GB", 204.8, 42.5, "NVIDIA: 204.8 GB/s LPDDR5; 170 sparse INT8 TOPS on the GPU, so ~42.5 dense fp16"),
-    Device("RTX 4090", 1008.0, 165.2, "NVIDIA Ada whitepaper: 1008 GB/s GDDR6X; 165.2 dense fp16 TFLOPS with fp32 accumulate"),
-)
-BYTES_PER_WEIGHT = {"fp16": 2.0, "int8": 1.0, "int4": 0.5 + 2 / 32}  # int4: a fp16 scale per block of 32
 
 
 def _count(module_call) -> float:
@@ -77,7 +62,7 @@ def full_size_counts(prompt_tokens: int, history: int, codes: int, voice_codes: 
         }
 
 
-def roofline_ms(flops: float, weights: float, device: Device, bytes_per_weight: float = 2.0) -> float:
+def roofline_ms(flops: float, weights: float, device: GpuSpec, bytes_per_weight: float = 2.0) -> float:
     return 1000 * max(flops / (device.fp16_tflops * 1e12), weights * bytes_per_weight / (device.bandwidth_gbs * 1e9))
 
 
@@ -87,7 +72,7 @@ def project(counts: dict[str, dict[str, float]], decode_steps_to_first_audio: in
     token for each weight precision, and the whole turn's real-time factor (decode + token2wav + vocoder
     per second of speech) for each."""
     out = []
-    for d in DEVICES:
+    for d in GPUS:
         ms = {k: roofline_ms(v["flops"], v["weights"], d) for k, v in counts.items()}
         decode = {p: roofline_ms(counts["decode_step"]["flops"], counts["decode_step"]["weights"], d, b)
                   for p, b in BYTES_PER_WEIGHT.items()}

@@ -1,6 +1,6 @@
 """`covo-edge`: one command line for every side of the project.
 
-The runtime owns the command and its own subcommands (chat, token2wav, check). The other sides add
+The runtime owns the command and its own subcommands (chat, token2wav, check, bench-batch). The other sides add
 theirs through the `covo_edge.commands` entry-point group (pyproject.toml): each entry is a
 `register(subparsers)` function, so the runtime imports nothing of theirs, and a runtime-only install
 lists their commands but says which extra they need when run.
@@ -94,6 +94,18 @@ def _check(args: argparse.Namespace) -> int:
     return run_check(args.artifacts, backend=args.backend, device=args.device, engines=args.engines)
 
 
+def _bench_batch(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench_batch import bench_batch, summary
+
+    result = bench_batch(args.artifacts, args.sessions, args.new_tokens, args.json, backend=args.backend,
+                         device=args.device, engines=args.engines)
+    print(summary(result), file=sys.stderr)
+    print(json.dumps(result))
+    return 0
+
+
 def _dump_logits(text: str) -> int | str:
     return "all" if text == "all" else int_at_least(1)(text)
 
@@ -127,6 +139,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("-o", "--output", required=True)
     add_backend_options(w)
     w.set_defaults(run=_token2wav)
+
+    b = sub.add_parser("bench-batch", help="decode throughput, step latency and first audio of N conversations at "
+                                           "once (steps batched) beside one at a time; JSON (no torch)")
+    b.add_argument("artifacts")
+    b.add_argument("--sessions", type=int_at_least(1), nargs="+", default=[1, 2, 4, 8],
+                   help="numbers of concurrent conversations to measure (default 1 2 4 8)")
+    b.add_argument("--new-tokens", type=int_at_least(20), default=60,
+                   help="forced reply length per conversation: 5 text ids, then 15 audio codes, repeated")
+    b.add_argument("--json", help="also write the results here")
+    add_backend_options(b)
+    b.set_defaults(run=_bench_batch)
 
     k = sub.add_parser("check", help="verify every checksum and run each graph once on tiny inputs")
     k.add_argument("artifacts")

@@ -31,42 +31,52 @@ class Streaming:
 @dataclass
 class FieldCache:
     """What a chunk's frames attend to besides themselves, per ODE evaluation: each DiT block's keys and
-    values of the frames before it (the voice prompt's, then the reply's), the position conv's left
-    context, and the next frame's rotary position. Arrays are replaced, never written into, so a voice's
-    cache is shared by every stream that copies it."""
+    values of the frames before it, the position conv's left context, and the next frame's rotary position.
+    The voice prompt's frames (`prefix`, computed once per voice) are shared by every stream of the voice and
+    joined to the stream's own (`past`) only while an evaluation runs: a stream holds its own frames, not a
+    copy of the voice's (1.7 GiB at the released DiT's width). Arrays are replaced, never written into."""
 
-    past: list[list[np.ndarray]]  # [evaluation][tensor] -> [2, heads, frames, head_dim]
+    prefix: list[list[np.ndarray]]  # [evaluation][tensor] -> [2, heads, frames, head_dim], the voice's frames
+    past: list[list[np.ndarray]]  # the same for this stream's frames, at most `history` of them
     context: list[np.ndarray]  # [evaluation] -> [2, conv_context, H]
     position: int = 0
     names: list[str] = field(default_factory=list)  # the field's past_key_values.* inputs
-    fixed: int = 0  # the first frames, never dropped (the voice prompt's)
 
     @classmethod
     def empty(cls, t2w: Token2Wav) -> FieldCache:
         n = len(t2w.evaluations)
-        return cls([[t2w.no_cache[name] for name in t2w.spec.past_names] for _ in range(n)],
-                   [t2w.no_cache["conv_context"]] * n, 0, t2w.spec.past_names)
+        none = [t2w.no_cache[name] for name in t2w.spec.past_names]
+        return cls([none] * n, [none] * n, [t2w.no_cache["conv_context"]] * n, 0, t2w.spec.past_names)
 
     def copy(self) -> FieldCache:
-        return FieldCache([list(p) for p in self.past], list(self.context), self.position, self.names, self.fixed)
+        return FieldCache(self.prefix, list(self.past), list(self.context), self.position, self.names)
+
+    def as_prefix(self) -> FieldCache:
+        """This cache's frames as the shared prefix of the streams that copy the result."""
+        return FieldCache(self.past, [[p[:, :, :0] for p in ev] for ev in self.past], self.context, self.position,
+                          self.names)
 
     def feeds(self, k: int) -> dict[str, np.ndarray]:
         return {"conv_context": self.context[k], "position": np.array([self.position], np.int64),
-                **dict(zip(self.names, self.past[k]))}
+                **{name: _join(a, b) for name, a, b in zip(self.names, self.prefix[k], self.past[k])}}
 
     def append(self, outputs: list[dict[str, np.ndarray]], keep: int, present: list[str],
                history: int | None = None) -> None:
-        """Add the first `keep` new frames of every evaluation; beyond `fixed + history` frames, drop the
-        oldest after the first `fixed` (the voice prompt stays; positions keep counting)."""
-        fixed = self.fixed
+        """Add the first `keep` new frames of every evaluation, keeping the last `history` of this stream's
+        frames (all with None; positions keep counting)."""
         for k, out in enumerate(outputs):
-            past = [np.concatenate([p, out[name][:, :, :keep]], 2) for p, name in zip(self.past[k], present)]
-            if history is not None and past[0].shape[2] > fixed + history:
-                past = [np.concatenate([p[:, :, :fixed], p[:, :, -history:]], 2) for p in past]
+            past = [_join(p, out[name][:, :, :keep]) for p, name in zip(self.past[k], present)]
+            if history is not None and past[0].shape[2] > history:
+                past = [p[:, :, -history:] if history else p[:, :, :0] for p in past]
             self.past[k] = past
             context = self.context[k]
             self.context[k] = np.concatenate([context, out["frames"][:, :keep]], 1)[:, -context.shape[1] :]
         self.position += keep
+
+
+def _join(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Frames of `a` then `b` (axis 2); either as it is when the other has none."""
+    return b if a.shape[2] == 0 else a if b.shape[2] == 0 else np.concatenate([a, b], 2)
 
 
 class SpeechStream:
@@ -101,8 +111,7 @@ class SpeechStream:
             return np.zeros((0, self.t2w.z), np.float32)
         codes = np.asarray(self.codes[: stop // f], np.int64)  # a chunk sees the codes through its look-ahead only
         conditioning = self.t2w.conditioning(self.voice, codes, self.start, stop)
-        z, outputs = self.t2w.solve(self.modulation, conditioning, self.noise.take(self.start, stop),
-                                    {k: self.cache.feeds(k) for k in range(len(self.modulation))})
+        z, outputs = self.t2w.solve(self.modulation, conditioning, self.noise.take(self.start, stop), self.cache.feeds)
         self.cache.append(outputs, end - self.start, self.t2w.spec.present_names, self.settings.history_frames)
         first = max(self.start, self.prefix)
         latents = z[first - self.start : end - self.start]
@@ -112,17 +121,16 @@ class SpeechStream:
 
 def voice_cache(t2w: Token2Wav, voice: Voice, frames: int | None) -> FieldCache:
     """The last `frames` frames of the voice prompt (all with None) run through the ODE on their own, their
-    keys, values and conv context kept per evaluation: the cache every stream of this voice starts from
-    (compute it once, at load; streams copy it)."""
+    keys, values and conv context kept per evaluation: the prefix every stream of this voice attends to
+    (compute it once, at load; streams share it)."""
     stop = t2w.factor * len(voice.prompt_token)
     start = 0 if frames is None else max(0, stop - frames)
     tables = t2w.tables(voice)
     cache = FieldCache.empty(t2w)
     _, outputs = t2w.solve(tables.modulation, t2w.conditioning(voice, np.asarray(voice.prompt_token), start, stop),
-                           tables.noise[start:stop], {k: cache.feeds(k) for k in range(len(tables.modulation))})
+                           tables.noise[start:stop], cache.feeds)
     cache.append(outputs, stop - start, t2w.spec.present_names)
-    cache.fixed = stop - start
-    return cache
+    return cache.as_prefix()
 
 
 class VocoderStream:

@@ -4,6 +4,7 @@ loop over the vector-field graph), de-normalisation, vocoder. Numerics as upstre
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,11 +182,11 @@ class Token2Wav:
         return out["conditioning"][:, start - f0 : stop - f0]
 
     def solve(self, modulation: np.ndarray, conditioning: np.ndarray, x0: np.ndarray,
-              cache: dict[int, dict[str, np.ndarray]] | None = None) -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
+              cache: Callable[[int], dict[str, np.ndarray]] | None = None) -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
         """The fixed-grid midpoint ODE from x0 [T, z] (t = 0) to latents (t = 1) of frames with the given
         conditioning [2, T, H]: 2 evaluations per interval, each on the guidance pair as a batch of two,
-        v = c + (c - u) * cfg_alpha. `cache[k]` holds what evaluation k attends to besides the new frames
-        (KV cache, conv context, position); without it the frames are the whole sequence. Returns the
+        v = c + (c - u) * cfg_alpha. `cache(k)` gives what evaluation k attends to besides the new frames
+        (KV cache, conv context, position), built as it runs; without it the frames are the whole sequence. Returns the
         latents [T, z] and, with a cache, each evaluation's outputs (the new frames' keys and values)."""
         x2 = np.empty((2, *x0.shape), self.dtype)
         outputs: list[dict[str, np.ndarray]] = []
@@ -195,7 +196,7 @@ class Token2Wav:
         def velocity(z: np.ndarray, k: int) -> np.ndarray:
             x2[0], x2[1] = z, z
             feeds = {"x": x2, "conditioning": conditioning, "modulation": mod2[k],
-                     **(self.no_cache if cache is None else cache[k])}
+                     **(self.no_cache if cache is None else cache(k))}
             out = self.backend.run("token2latent_field", feeds, host=host)
             if cache is not None:
                 outputs.append(out)

@@ -15,7 +15,10 @@ def _model(args: argparse.Namespace):
 
     limit_malloc_arenas()  # before the model's threads allocate
 
-    return Model.load(args.artifacts, backend=args.backend, device=args.device, mode=args.mode, engines=args.engines)
+    # serve: --max-batch, else one row per session; bench-serve: its largest client count
+    max_batch = getattr(args, "max_batch", None) or getattr(args, "max_sessions", None) or max(args.sessions)
+    return Model.load(args.artifacts, backend=args.backend, device=args.device, mode=args.mode, engines=args.engines,
+                      max_batch=max_batch)
 
 
 def run_server(args: argparse.Namespace, on_ready=None) -> int:
@@ -51,6 +54,9 @@ def add_serve_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--host", default="127.0.0.1", help="address to bind (anything but loopback needs --api-key)")
     s.add_argument("--port", type=int_at_least(0), default=8000)
     s.add_argument("--max-sessions", type=int_at_least(1), default=4, help="open sessions at most (default 4)")
+    s.add_argument("--max-batch", type=int_at_least(1),
+                   help="decode steps of this many sessions run as one backbone call (default: --max-sessions; 1 "
+                        "runs each alone); sessions beyond it wait for a row, none is refused for it")
     s.add_argument("--api-key", help="clients must send this key (Bearer header or the browser subprotocol)")
     s.add_argument("--max-input-seconds", type=float_above(0), default=60.0,
                    help="input audio one turn may hold (default 60)")

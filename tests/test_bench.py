@@ -11,7 +11,8 @@ needs("torch", "export")
 needs("matplotlib", "export")
 
 RUNTIME_KEYS = {"time_to_first_audio_s", "time_to_first_audio_exact_s", "time_to_first_text_s", "decode_ms_per_token",
-                "read_floor_ms_per_token", "token2wav_rtf", "peak_rss_gb", "streaming_turn_rtf", "streaming_deviation"}
+                "read_floor_ms_per_token", "token2wav_rtf", "peak_rss_gb", "artifacts_gb", "peak_over_artifacts", "streaming_turn_rtf",
+                "streaming_deviation"}
 
 
 @pytest.mark.slow
@@ -35,6 +36,8 @@ def test_bench_reports_both_sides_and_draws_them(bench_run, tiny_art, tiny_art16
     assert RUNTIME_KEYS <= set(rt)
     assert all(rt[k] > 0 for k in ("time_to_first_audio_s", "time_to_first_audio_exact_s", "decode_ms_per_token",
                                    "read_floor_ms_per_token", "peak_rss_gb"))
+    disk = sum(f.stat().st_size for f in tiny_art.rglob("*") if f.is_file()) / 1e9
+    assert rt["artifacts_gb"] == pytest.approx(disk) and rt["peak_over_artifacts"] == pytest.approx(rt["peak_rss_gb"] / disk)
     assert set(rt["token2wav_rtf"]) == {"exact", "streaming"} and ref["token2wav_rtf"]["exact"] > 0
     assert rt["audio_codes"] == 30 and rt["speech_s"] == pytest.approx((4 * 30 - 3) * 240 / 24000)  # 40 forced: 10 text
     dev = rt["streaming_deviation"]

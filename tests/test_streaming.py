@@ -199,3 +199,27 @@ def test_both_windows_change_what_is_streamed(t2w, tiny_art):
     assert late > 0
     assert all(np.array_equal(x, y) for x, y in zip(windowed[:late], whole_history[:late]))
     assert not np.array_equal(windowed[-1], whole_history[-1])
+
+
+def test_streams_share_the_voice_frames_and_hold_at_most_their_history(t2w, tiny_art):
+    """The voice's keys and values (1.7 GiB at the released DiT's width) are computed once and every stream
+    attends to those very arrays: a stream keeps only its own frames, at most `history_frames` of them."""
+    a = Assistant.load(tiny_art, streaming=Streaming(prompt_frames=24, history_frames=48))
+    voice, settings = a.voice, a.streaming
+    prompt = t2w.factor * len(voice.prompt_token)
+    assert prompt > 24
+    shared = a.model.voice_cache(voice)
+    streams = [SpeechStream(t2w, voice, NoiseTape(t2w.tables(voice).noise, np.random.default_rng(s)), settings, shared)
+               for s in range(2)]
+    for s in streams:
+        for c in codes_and_noise(t2w, voice, 60)[0]:
+            s.push(c)
+            while s.ready():
+                s.next()
+        s.next(final=True)
+        assert s.cache.position == 24 + t2w.factor * 60  # positions count on past the dropped frames
+        for k, (prefix, own) in enumerate(zip(s.cache.prefix, s.cache.past)):
+            assert all(p is q for p, q in zip(prefix, shared.prefix[k]))
+            assert all(p.shape[2] == 24 for p in prefix) and all(p.shape[2] == 48 for p in own)
+            assert not any(np.shares_memory(p, q) for p, q in zip(own, shared.prefix[k]))
+    assert all(p.shape[2] == 0 for ev in shared.past for p in ev)  # the voice's own cache is untouched

@@ -69,7 +69,7 @@ def steps(work: Path, layers: int, full: bool) -> list[tuple[str, list[str], Pat
             ("parity fp32", [sys.executable, str(Path(__file__).with_name("parity_wide.py")), str(rel), str(a32),
                              "--json", str(d / "parity.json")], d / "parity.json"),
             ("bench", [*edge, "bench", "--model-dir", str(rel), "--artifacts", str(a32), "--compare", str(q4),
-                       "--compare", str(q8), "--new-tokens", "40", "--json", str(d / "bench.json"),
+                       "--new-tokens", "40", "--json", str(d / "bench.json"),
                        "--chart", str(d / "bench.png")], d / "bench.json"),
         ]
     return out + [(f"build rtx {a.name}", [*edge, "build", str(a), "-o", str(d / f"rtx-{a.name}"), "--target", "rtx",
