@@ -65,7 +65,8 @@ def shrink_profiles(profiles: list[dict[str, list[int]]], max_context: int | Non
     Every corner stays consistent (past + sequence = total). A cut max corner keeps room for both a history
     and new tokens (at least half the total for the history, as the export's profiles do), and the opt and
     min corners are cut to fit under it. A batch is never cut below the profile's opt, which is what the
-    runtime feeds (the guidance pair of two for the token2wav field)."""
+    runtime feeds (the guidance pair of two for the token2wav field); the backbone's batch max is set to
+    `max_batch`, raised too: the runtime's batched decode feeds up to that many rows."""
     out = []
     for p in profiles:
         q = {k: list(v) for k, v in p.items()}
@@ -83,7 +84,10 @@ def shrink_profiles(profiles: list[dict[str, list[int]]], max_context: int | Non
                     q[d] = [min(x, max_context) for x in q[d]]
         if max_batch is not None and "batch" in q:
             lo, opt, hi = q["batch"]
-            q["batch"] = [lo, opt, max(opt, min(hi, max_batch))]
+            # The backbone's batch is the conversations decoding together (covo_edge.runtime.batching): it
+            # takes max_batch as given; elsewhere the batch is only cut.
+            hi = max_batch if all(d in q for d in LLM_DIMS) else min(hi, max_batch)
+            q["batch"] = [lo, opt, max(opt, hi)]
         out.append(q)
     return out
 

@@ -43,7 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "tensorrt: TensorRT 10/11 on the GPU the engines are for (Jetson, datacenter)")
     b.add_argument("--graphs", nargs="+", help="only these graphs (default: all)")
     b.add_argument("--max-context", type=int_at_least(1), help="shrink the LLM graphs' profiles to this many tokens")
-    b.add_argument("--max-batch", type=int_at_least(1), help="shrink every profile's batch to this")
+    b.add_argument("--max-batch", type=int_at_least(1),
+                   help="the backbone's largest batch: conversations decoding together (serve --max-batch); other "
+                        "graphs' batches are cut to it, never below what the runtime feeds")
     b.add_argument("--compute-capability", action="append", metavar="CC",
                    help="rtx only: build for this GPU generation (8.6, 8.9, 12.0; repeatable; default portable)")
     b.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec command lines, build nothing")

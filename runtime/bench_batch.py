@@ -22,6 +22,7 @@ from .assistant import Debug, Model
 from .batching import BatchStats
 from .files import check_output_file, write_atomic
 from .gpus import GPUS, sessions_in_real_time
+from .manifest import dim_value
 from .synthetic import interleaved_reply, synthetic_utterance
 
 QUESTION_S = 3.0
@@ -104,6 +105,30 @@ class _Bench:
         }
 
 
+def chunk_batching(model: Model, frames: int = 24, past: int = 1024, rounds: int = 5) -> dict:
+    """Would two streams' token2wav chunks pay as one call? The field at batch 2 (one stream: its guidance
+    pair) and 4 (two streams) on the same shapes, best of `rounds`. The graph takes one rotary position and
+    one past length for its whole batch, so only streams at the very same frame could share a call at all."""
+    spec = model.manifest.graphs["token2latent_field"]
+    rng = np.random.default_rng(0)
+
+    def best(batch: int) -> float:
+        dims = {"batch": batch, "frames": frames, "past_frames": past}
+        feeds = {t.name: rng.standard_normal([dim_value(d, dims) for d in t.shape]).astype(t.dtype)
+                 for t in spec.inputs if t.dtype != "int64"}
+        feeds["position"] = np.array([past], np.int64)
+        times = []
+        for _ in range(rounds + 1):
+            t0 = time.perf_counter()
+            model.backend.run("token2latent_field", feeds)
+            times.append(time.perf_counter() - t0)
+        return 1000 * min(times[1:])
+
+    one, two = best(2), best(4)
+    return {"frames": frames, "past_frames": past, "one_stream_ms": one, "two_streams_ms": two,
+            "two_over_one": two / one}
+
+
 def bench_batch(artifacts: str | Path, sessions: list[int], new_tokens: int = 60, json_out: str | None = None,
                 backend: str = "onnxruntime", device: str = "cpu", engines: str | None = None) -> dict:
     if json_out:
@@ -121,6 +146,8 @@ def bench_batch(artifacts: str | Path, sessions: list[int], new_tokens: int = 60
     for n in sessions:
         result["sessions"][str(n)] = bench.measure(n, together=True)
     result["serial"] = bench.measure(sessions[-1], together=False)
+    if model.mode == "speech":
+        result["token2wav_chunk_batching"] = chunk_batching(model)
     one = result["sessions"].get("1", result["serial"])
     for row in result["sessions"].values():
         row["vs_one"] = {"aggregate_tokens_per_s": row["aggregate_tokens_per_s"] / one["aggregate_tokens_per_s"],

@@ -99,6 +99,16 @@ def test_shrunk_profiles_stay_consistent_at_every_corner(tiny_art, context):
     assert prefill["past_sequence"][2] > 0 and decode["past_sequence"][2] == context - 1
 
 
+def test_max_batch_sets_the_backbones_batch_and_only_cuts_the_others(tiny_art):
+    """--max-batch 8: the backbone's profiles take 8 rows (conversations decoding together); the token2wav
+    field keeps its guidance pair; --max-batch 1 cuts what can be cut."""
+    m = Manifest.load(tiny_art)
+    assert all(p["batch"] == [1, 1, 8] for p in shrink_profiles(m.graphs["backbone"].profiles, max_batch=8))
+    field = m.graphs["token2latent_field"].profiles
+    assert shrink_profiles(field, max_batch=8) == shrink_profiles(field) and all(p["batch"][1] == 2 for p in field)
+    assert all(p["batch"][2] == 1 for p in shrink_profiles(m.graphs["audio_encoder"].profiles, max_batch=1))
+
+
 def test_print_trtexec_gives_each_graph_its_profiles(tiny_art, tmp_path, capsys):
     lines = trtexec_lines(tiny_art, tmp_path / "e", BuildOptions("tensorrt", max_context=512))
     assert len(lines) == 8 and all(line.startswith("trtexec --onnx=") for line in lines)

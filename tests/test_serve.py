@@ -34,7 +34,7 @@ def server(tiny_art, tmp_path_factory):
 def model(tiny_art):
     from covo_edge.runtime import Model
 
-    return Model.load(tiny_art)
+    return Model.load(tiny_art, max_batch=4)  # as `serve` loads it: sessions' decode steps batched
 
 
 def vad_stream(q: np.ndarray, tail_ms: int = 800) -> np.ndarray:
