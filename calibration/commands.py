@@ -21,7 +21,8 @@ def _quantize(args: argparse.Namespace) -> int:
 
     report = quantize(args.artifacts, args.output, args.recipe, lm_head=args.lm_head,
                       calibration_dir=args.calibration_dir, count=args.utterances, decode_steps=args.decode_steps,
-                      report_steps=args.report_steps, force=args.force, measure=not args.no_report)
+                      report_steps=args.report_steps, force=args.force, measure=not args.no_report,
+                      force_report=args.force_report)
     print(describe(report))
     print(f"wrote {args.output} (report: {args.output}/precision_report.json)")
     return 0
@@ -45,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="teacher-forced steps per turn in the accuracy report")
     q.add_argument("--no-report", action="store_true",
                    help="skip the accuracy report: quantizing streams one matrix at a time, the report runs the "
-                        "source model (for the 7B about 45 GB from fp32 artifacts, 47 GB from fp16 ones on a CPU)")
+                        "source model in fp32 on the CPU (for the 7B about 44 GB, from fp32 or fp16 artifacts); it is "
+                        "skipped, saying so, where the machine has less memory available")
+    q.add_argument("--force-report", action="store_true",
+                   help="run the accuracy report even where it looks to need more memory than is available")
     q.add_argument("--force", action="store_true", help="replace an earlier quantize in OUTPUT")
     q.set_defaults(run=_quantize, extra="calibration", parser=q)

@@ -229,3 +229,25 @@ def test_no_report_quantizes_the_same_weights_and_says_the_report_was_skipped(ti
     assert {f: m.files[f].sha256 for f in m.graphs["backbone"].files} == \
         {f: full.files[f].sha256 for f in full.graphs["backbone"].files}
     assert main(["check", str(out)]) == 0
+
+
+def test_the_report_is_skipped_where_the_machine_lacks_its_memory_unless_forced(tiny_art, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """The report runs the source's text graphs on ONNX Runtime CPU in fp32: 1.4 x their fp32 bytes. With less
+    available it is skipped, saying what it needs and how to get it; --force-report runs it anyway."""
+    from covo_edge.calibration import quantize as q
+
+    m = Manifest.load(tiny_art)
+    text = sum((tiny_art / f).stat().st_size for g in ("audio_encoder", "audio_adapter", "backbone")
+               for f in m.graphs[g].files)
+    assert q.report_memory_gb(tiny_art, m) == pytest.approx(1.4 * text / 1e9)
+    monkeypatch.setattr(q, "available_gb", lambda: 1e-6)
+    out = tmp_path / "q"
+    assert main(["quantize", str(tiny_art), "-o", str(out), "--recipe", "int4-rtn"]) == 0
+    err = capsys.readouterr().err
+    assert "skipping the accuracy report" in err and "--force-report" in err
+    report = json.loads((out / "precision_report.json").read_text())
+    assert "needs ~" in report["skipped"] and "backbone_teacher_forced" not in report
+    forced = tmp_path / "f"
+    assert main(["quantize", str(tiny_art), "-o", str(forced), "--recipe", "int4-rtn", "--force-report"]) == 0
+    assert "backbone_teacher_forced" in json.loads((forced / "precision_report.json").read_text())
