@@ -188,14 +188,33 @@ class _TextStream:
         return delta
 
 
+class _FirstComeLock:
+    """A lock taken in the order it was asked for. A plain lock lets the thread that releases it take it
+    again at once, so a long prefill's chunks could run back to back while a batched decode step waits."""
+
+    def __init__(self):
+        self._cv = threading.Condition()
+        self._next = self._serving = 0
+
+    def __enter__(self) -> None:
+        with self._cv:
+            ticket, self._next = self._next, self._next + 1
+            self._cv.wait_for(lambda: self._serving == ticket)
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cv:
+            self._serving += 1
+            self._cv.notify_all()
+
+
 class _Serialized:
-    """A backend whose graph calls run one at a time, whichever conversation or thread makes them: a backend
-    session (and a GPU stream) is one worker, and every call already uses all of its threads. `waited`
-    adds up the seconds calls spent queued behind another conversation's."""
+    """A backend whose graph calls run one at a time, in the order they come, whichever conversation or thread
+    makes them: a backend session (and a GPU stream) is one worker, and every call already uses all of its
+    threads. `waited` adds up the seconds calls spent queued behind another conversation's."""
 
     def __init__(self, backend: Backend):
         self.inner = backend
-        self.lock = threading.Lock()
+        self.lock = _FirstComeLock()
         self.waited = 0.0
 
     def __getattr__(self, name: str) -> Any:

@@ -180,6 +180,48 @@ def test_long_prompts_are_prefilled_in_chunks_with_the_same_answer(tiny_art, sol
         same(turn(c, *TURNS[2][k]), solo[2][k])
 
 
+def test_a_long_prompt_holds_a_decoding_conversation_for_one_chunk_at_a_time(tiny_art, monkeypatch):
+    """One conversation decodes while another's long prompt is prefilled in chunks of 8 positions: graph calls
+    run in the order they were asked for, so a decode step that asks while a chunk runs waits for that chunk
+    only, never for the next ones."""
+    monkeypatch.setattr(assistant_module, "PREFILL_CHUNK", 8)
+    model = Model.load(tiny_art, mode="text", max_batch=2)
+    started, waits = [], []  # backbone calls in the order they ran; chunks each decode step waited behind
+    inner, outer = model.backend.inner.run, model.backend.run
+
+    def ran(graph, feeds, host=()):
+        if graph == "backbone":
+            started.append("chunk" if feeds["inputs_embeds"].shape[1] > 1 else "step")
+        return inner(graph, feeds, host)
+
+    def asked(graph, feeds, host=()):
+        step = graph == "backbone" and feeds["inputs_embeds"].shape[1] == 1
+        before = len(started)
+        out = outer(graph, feeds, host)
+        if step:
+            waits.append(started[before:-1].count("chunk"))
+        return out
+
+    model.backend.inner.run, model.backend.run = ran, asked
+    decoding, prompt_done = threading.Event(), threading.Event()
+
+    def decode():
+        for i, _ in enumerate(model.conversation().stream(question(0), 16000, debug=Debug(force_tokens=forced(400, 2)))):
+            if i == 2:
+                decoding.set()
+            if prompt_done.is_set():
+                break
+
+    def prefill():
+        decoding.wait(timeout=300)
+        model.conversation().reply(synthetic_utterance(6.0, 16000, seed=3), 16000, debug=Debug(force_tokens=forced(2, 3)))
+        prompt_done.set()
+
+    run_threads([decode, prefill])
+    assert started.count("chunk") >= 4  # the prompt ran in chunks, the decode went on meanwhile
+    assert max(waits) == 1 and sum(waits) >= 2, waits  # steps did wait behind a chunk, never behind two
+
+
 def toy_feed(embeds, mask, positions, past):
     """A stand-in backbone whose answer depends on exactly what a row may see: logits = the sum of the row's
     unmasked cached values (each value = its embedding times its position + 1) plus its new one."""
