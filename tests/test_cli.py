@@ -71,8 +71,8 @@ def test_one_command_offers_every_sides_subcommands():
     from covo_edge.runtime.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"chat", "token2wav", "check", "make-tiny", "export", "demo", "bench", "bench-kv",
-                                "build", "verify", "quantize", "serve", "bench-serve"}
+    assert set(sub.choices) == {"chat", "token2wav", "check", "bench-batch", "make-tiny", "export", "demo", "bench",
+                                "bench-kv", "build", "verify", "quantize", "serve", "bench-serve"}
 
 
 def test_an_export_command_without_the_export_extra_says_so(tmp_path):
