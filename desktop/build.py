@@ -21,6 +21,7 @@ BUNDLED = ("runtime", "server", "desktop")  # covo_edge's packages in the build
 EXCLUDE = ["torch", "transformers", "onnx", "onnxscript", "tensorrt_rtx", "modelopt", "matplotlib", "tkinter",
            "covo_edge.export", "covo_edge.engines", "covo_edge.calibration", "yaml", "IPython", "pytest", "PIL",
            "cuda", "cuda_bindings", "polygraphy",  # cuda-bindings: the TensorRT backend, whose TensorRT is not bundled
+           "ray", "covo_edge.server.cluster",  # many machines: Ray Serve is no desktop app's
            "readline", "curses", "decimal", "_decimal", "lzma", "_lzma", "bz2", "_bz2", "sqlite3", "pydoc"]  # unused stdlib
 DYNAMIC = ["uvicorn.protocols.websockets.websockets_sansio_impl", "uvicorn.protocols.http.h11_impl",
            "uvicorn.lifespan.off", "uvicorn.loops.asyncio"]  # chosen by name at run time

@@ -33,6 +33,7 @@ class ServeOptions:
     api_key: str | None = None  # None: any key (or none) is accepted
     voice: str | None = None  # the sessions' default voice (default: the model's first)
     limits: Limits = field(default_factory=Limits)
+    replica: str | None = None  # this server's name among many (Ray Serve): /healthz and the x-covo-replica header
 
 
 class Realtime:
@@ -69,7 +70,9 @@ class Realtime:
         await ws.close(code=code, reason=error.code)
 
     async def realtime(self, ws: WebSocket) -> None:
-        await ws.accept(subprotocol="realtime" if "realtime" in ws.scope.get("subprotocols", []) else None)
+        headers = [(b"x-covo-replica", self.options.replica.encode())] if self.options.replica else None
+        await ws.accept(subprotocol="realtime" if "realtime" in ws.scope.get("subprotocols", []) else None,
+                        headers=headers)
         if not self.authorized(ws):
             return await self.refuse(ws, ProtocolError("invalid API key: pass the key given to `covo-edge serve "
                                                        "--api-key`", code="invalid_api_key"), 1008)
@@ -113,6 +116,7 @@ class Realtime:
     async def healthz(self, request: Request) -> JSONResponse:
         return JSONResponse({"status": "draining" if self.draining else "ok", "sessions": len(self.sessions),
                              "max_sessions": self.options.max_sessions, "mode": self.model.mode,
+                             **({"replica": self.options.replica} if self.options.replica else {}),
                              "voices": list(self.model.manifest.voices) if self.model.mode == "speech" else []})
 
     async def metrics_text(self, request: Request) -> PlainTextResponse:

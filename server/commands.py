@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from covo_edge.runtime.cli import add_backend_options, float_above, int_at_least
+from covo_edge.runtime.errors import OptionError
 
 
 def _model(args: argparse.Namespace):
@@ -23,6 +24,14 @@ def _model(args: argparse.Namespace):
 
 def run_server(args: argparse.Namespace, on_ready=None) -> int:
     """`covo-edge serve` with parsed arguments (the desktop app's too: it opens the page in `on_ready`)."""
+    if getattr(args, "cluster", None):
+        try:
+            from .cluster import run_cluster
+        except ImportError:
+            raise OptionError("--cluster needs Ray Serve: pip install 'covo-edge[cluster]'") from None
+        return run_cluster(args.cluster)
+    if args.artifacts is None:
+        raise OptionError("give the artifacts to serve (covo-edge serve ART), or --cluster CONFIG")
     from .app import ServeOptions
     from .serve import check_bind, serve
     from .session import Limits
@@ -42,15 +51,19 @@ def _bench_serve(args: argparse.Namespace) -> int:
     return bench_serve(_model(args), args)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("artifacts")
+def _common(p: argparse.ArgumentParser, artifacts_optional: bool = False) -> None:
+    p.add_argument("artifacts", nargs="?" if artifacts_optional else None)
     p.add_argument("--mode", choices=("speech", "text"), default="speech",
                    help="text: load no speech graphs; sessions answer in text only")
     add_backend_options(p)
 
 
-def add_serve_options(s: argparse.ArgumentParser) -> None:
-    _common(s)
+def add_serve_options(s: argparse.ArgumentParser, cluster: bool = False) -> None:
+    _common(s, artifacts_optional=cluster)
+    if cluster:
+        s.add_argument("--cluster", metavar="CONFIG",
+                       help="run the Ray Serve application of this Serve config on this machine (cluster extra; "
+                            "README, \"Serve many users\"); the other options are the config's")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (anything but loopback needs --api-key)")
     s.add_argument("--port", type=int_at_least(0), default=8000)
     s.add_argument("--max-sessions", type=int_at_least(1), default=4, help="open sessions at most (default 4)")
@@ -67,7 +80,7 @@ def add_serve_options(s: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="a realtime voice server (OpenAI Realtime protocol over WebSocket; serve extra)")
-    add_serve_options(s)
+    add_serve_options(s, cluster=True)
     s.set_defaults(run=run_server, extra="serve")
 
     b = sub.add_parser("bench-serve", help="first-audio latency and throughput of the server with N concurrent "

@@ -52,7 +52,7 @@ def test_the_build_holds_the_runtime_side_only(bundle):
 
     folder = Path(bundle["folder"])
     names = {p.name for p in (folder / "_internal").iterdir()}
-    assert not names & {"torch", "transformers", "onnx", "tensorrt_rtx", "modelopt"}
+    assert not names & {"torch", "transformers", "onnx", "tensorrt_rtx", "modelopt", "ray"}
     assert (folder / "_internal" / "covo_edge" / "server" / "assets" / "silero_vad.onnx").is_file()
     assert (folder / "_internal" / "covo_edge" / "server" / "page" / "app.js").is_file()
 
