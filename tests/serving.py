@@ -135,6 +135,27 @@ class Client:
         self.ws.close()
 
 
+async def sdk_manual_turns(conn, questions: list[np.ndarray], max_output_tokens: int) -> list[list[dict]]:
+    """Through the official SDK's realtime connection: manual turns capped at `max_output_tokens`; each turn's
+    events (as dicts) up to response.done. An error event fails the test."""
+    await conn.session.update(session={"type": "realtime", "output_modalities": ["audio"],
+                                       "audio": {"input": {"turn_detection": None}},
+                                       "max_output_tokens": max_output_tokens})
+    turns = []
+    for q in questions:
+        await conn.input_audio_buffer.append(audio=b64(q))
+        await conn.input_audio_buffer.commit()
+        await conn.response.create()
+        events = []
+        async for event in conn:
+            assert event.type != "error", event
+            events.append(event.model_dump())
+            if event.type == "response.done":
+                break
+        turns.append(events)
+    return turns
+
+
 def at_once(talk: Callable[[int], None], n: int, timeout: float = 600) -> None:
     """talk(0) … talk(n-1) on n threads at once; the first exception any of them raised is raised here."""
     errors: list[BaseException] = []

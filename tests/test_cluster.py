@@ -11,7 +11,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from conftest import needs
-from serving import Client, assert_same_audio, b64, free_port, question, runtime_replies, spoken
+from serving import Client, assert_same_audio, free_port, question, runtime_replies, sdk_manual_turns, spoken
 
 needs("ray", "cluster")
 needs("torch", "export")  # the tiny artifacts are exported with torch
@@ -52,23 +52,6 @@ def test_six_sessions_through_the_proxy_continue_their_own_conversations_on_both
 
     qs = [[question(1.0 + 0.1 * k, 2 * k), question(0.8, 2 * k + 1)] for k in range(6)]
 
-    async def talk(conn, k: int) -> list[list[dict]]:
-        await conn.session.update(session={"type": "realtime", "output_modalities": ["audio"],
-                                           "audio": {"input": {"turn_detection": None}}, "max_output_tokens": TOKENS})
-        turns = []
-        for q in qs[k]:
-            await conn.input_audio_buffer.append(audio=b64(q))
-            await conn.input_audio_buffer.commit()
-            await conn.response.create()
-            events = []
-            async for event in conn:
-                assert event.type != "error", event
-                events.append(event.model_dump())
-                if event.type == "response.done":
-                    break
-            turns.append(events)
-        return turns
-
     async def everyone():
         client = AsyncOpenAI(api_key="local", base_url=f"http://{cluster}/v1")
         async with contextlib.AsyncExitStack() as stack:
@@ -77,7 +60,7 @@ def test_six_sessions_through_the_proxy_continue_their_own_conversations_on_both
                 conns.append(await stack.enter_async_context(client.realtime.connect(model="covo-audio-chat")))
                 assert (await conns[-1].recv()).type == "session.created"
             replicas = [c._connection.response.headers["x-covo-replica"] for c in conns]  # noqa: SLF001 (handshake)
-            return replicas, await asyncio.gather(*(talk(c, k) for k, c in enumerate(conns)))
+            return replicas, await asyncio.gather(*(sdk_manual_turns(c, qs[k], TOKENS) for k, c in enumerate(conns)))
 
     replicas, results = asyncio.run(everyone())
     assert sorted(replicas.count(r) for r in set(replicas)) == [3, 3]  # spread over both replicas

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from conftest import cli, needs
-from serving import Client, Server, assert_same_audio, at_once, b64, question, runtime_replies, spoken
+from serving import (
+    Client, Server, assert_same_audio, at_once, b64, question, runtime_replies, sdk_manual_turns, spoken,
+)
 
 needs("torch", "export")  # the artifacts are exported with torch
 needs("uvicorn", "serve")
@@ -82,23 +84,8 @@ def test_openai_sdk_manual_turns_equal_the_runtime(server, model):
 
     async def talk():
         client = AsyncOpenAI(api_key="local", base_url=f"http://127.0.0.1:{server.port}/v1")
-        out = []
         async with client.realtime.connect(model="covo-audio-chat") as conn:
-            await conn.session.update(session={"type": "realtime", "output_modalities": ["audio"],
-                                               "audio": {"input": {"turn_detection": None}},
-                                               "max_output_tokens": TOKENS})
-            for q in qs:
-                await conn.input_audio_buffer.append(audio=b64(q))
-                await conn.input_audio_buffer.commit()
-                await conn.response.create()
-                events = []
-                async for event in conn:
-                    assert event.type != "error", event
-                    events.append(event.model_dump())
-                    if event.type == "response.done":
-                        break
-                out.append(events)
-        return out
+            return await sdk_manual_turns(conn, qs, TOKENS)
 
     turns = asyncio.run(talk())
     for events, reply in zip(turns, runtime_replies(model, qs, TOKENS), strict=True):
