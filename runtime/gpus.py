@@ -22,6 +22,8 @@ GPUS = (
     GpuSpec("RTX 4090", 1008.0, 165.2, 24.0,
             "NVIDIA Ada whitepaper: 1008 GB/s GDDR6X; 165.2 dense fp16 TFLOPS with fp32 accumulate"),
     GpuSpec("L40S", 864.0, 181.0, 48.0, "NVIDIA L40S datasheet: 864 GB/s GDDR6; 362 sparse fp16 TFLOPS, 181 dense"),
+    GpuSpec("H100 SXM 80GB", 3350.0, 989.0, 80.0, "NVIDIA H100 datasheet: 3.35 TB/s HBM3; 1979 sparse fp16 TFLOPS, "
+            "989 dense"),
 )
 BYTES_PER_WEIGHT = {"fp16": 2.0, "int8": 1.0, "int4": 0.5 + 2 / 32}  # int4: a fp16 scale per block of 32
 

@@ -289,7 +289,8 @@ def test_bench_batch_reports_each_count_beside_one_at_a_time(tiny_art, tmp_path,
         assert keys <= set(row) and all(row[k] > 0 for k in keys)
     assert result["sessions"]["2"]["steps_per_call"].get("2", 0) > 0  # the two decoded together
     assert result["serial"]["steps_per_call"] == {"1": 2 * 19}  # one at a time: 19 fed steps each
-    assert {d["device"] for d in result["gpu_projection_7b"]["devices"]} == {"RTX 4090", "L40S", "Jetson AGX Orin 64GB"}
+    assert {d["device"] for d in result["gpu_projection_7b"]["devices"]} == {"RTX 4090", "L40S", "H100 SXM 80GB",
+                                                                            "Jetson AGX Orin 64GB"}
     chunks = result["token2wav_chunk_batching"]
     assert chunks["two_over_one"] == pytest.approx(chunks["two_streams_ms"] / chunks["one_stream_ms"])
 
