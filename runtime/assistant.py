@@ -320,21 +320,15 @@ class Model:
 
     def feed(self, embeds: Any, past: list[Any], length: int, n_new: int) -> tuple[np.ndarray, list[Any]]:
         """Append n_new positions to a KV cache of `length`: the last position's logits [V] and the new cache."""
-        llm = self.manifest.llm
         total = length + n_new
-        feeds = {
-            "inputs_embeds": embeds,
-            "attention_mask": self.ones[:, :total],
-            "position_ids": np.arange(length, total, dtype=np.int64)[None],
-            **dict(zip(llm.past_names, past)),
-        }
-        out = self.backend.run("backbone", feeds, host=["logits"])
-        return out["logits"][0], [out[n] for n in llm.present_names]
+        logits, present = self.feed_batch(embeds, self.ones[:, :total],
+                                          np.arange(length, total, dtype=np.int64)[None], past)
+        return logits[0], present
 
     def feed_batch(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
                    past: list[Any]) -> tuple[np.ndarray, list[Any]]:
-        """One position for each of B rows: embeds [B, 1, H], mask [B, T + 1], positions [B, 1], past
-        [B, kv, T, d] per layer -> logits [B, V] and the new cache."""
+        """Positions for each of B rows: embeds [B, S, H], mask [B, T + S], positions [B, S], past [B, kv, T, d]
+        per layer -> the last position's logits [B, V] and the new cache."""
         llm = self.manifest.llm
         feeds = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions,
                  **dict(zip(llm.past_names, past))}
