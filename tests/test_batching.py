@@ -214,7 +214,7 @@ def test_a_long_prompt_holds_a_decoding_conversation_for_one_chunk_at_a_time(tin
 
     def prefill():
         decoding.wait(timeout=300)
-        model.conversation().reply(synthetic_utterance(6.0, 16000, seed=3), 16000, debug=Debug(force_tokens=forced(2, 3)))
+        model.conversation().reply(synthetic_utterance(12.0, 16000, seed=3), 16000, debug=Debug(force_tokens=forced(2, 3)))
         prompt_done.set()
 
     run_threads([decode, prefill])
@@ -278,7 +278,7 @@ def test_bench_batch_reports_each_count_beside_one_at_a_time(tiny_art, tmp_path,
     """The JSON other tools read: per count of conversations its throughput, step latency and first audio,
     the serial run beside it; two at once did share backbone calls."""
     out = tmp_path / "bb.json"
-    rc, printed, err = cli(capsys, "bench-batch", tiny_art, "--sessions", "1", "2", "--new-tokens", "20",
+    rc, printed, err = cli(capsys, "bench-batch", tiny_art, "--sessions", "1", "2", "--new-tokens", "60",
                            "--json", out)
     assert rc == 0, err
     result = json.loads(out.read_text())
@@ -288,7 +288,7 @@ def test_bench_batch_reports_each_count_beside_one_at_a_time(tiny_art, tmp_path,
     for row in (*result["sessions"].values(), result["serial"]):
         assert keys <= set(row) and all(row[k] > 0 for k in keys)
     assert result["sessions"]["2"]["steps_per_call"].get("2", 0) > 0  # the two decoded together
-    assert result["serial"]["steps_per_call"] == {"1": 2 * 19}  # one at a time: 19 fed steps each
+    assert result["serial"]["steps_per_call"] == {"1": 2 * 59}  # one at a time: 59 fed steps each
     assert {d["device"] for d in result["gpu_projection_7b"]["devices"]} == {"RTX 4090", "L40S", "H100 SXM 80GB",
                                                                             "Jetson AGX Orin 64GB"}
     chunks = result["token2wav_chunk_batching"]
