@@ -4,6 +4,7 @@ while others join and leave the batch at other steps, are cancelled, or wait for
 
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -182,25 +183,27 @@ def test_long_prompts_are_prefilled_in_chunks_with_the_same_answer(tiny_art, sol
 
 def test_a_long_prompt_holds_a_decoding_conversation_for_one_chunk_at_a_time(tiny_art, monkeypatch):
     """One conversation decodes while another's long prompt is prefilled in chunks of 8 positions: graph calls
-    run in the order they were asked for, so a decode step that asks while a chunk runs waits for that chunk
-    only, never for the next ones."""
+    run in the order they were asked for, so each call of the decoding conversation that asks while a chunk
+    runs waits for that chunk only, never for the next ones."""
     monkeypatch.setattr(assistant_module, "PREFILL_CHUNK", 8)
     model = Model.load(tiny_art, mode="text", max_batch=2)
-    started, waits = [], []  # backbone calls in the order they ran; chunks each decode step waited behind
+    ended, waits, asking = [], [], threading.local()  # chunks as they finish; chunks each decoding call waited out
     inner, outer = model.backend.inner.run, model.backend.run
 
     def ran(graph, feeds, host=()):
-        if graph == "backbone":
-            started.append("chunk" if feeds["inputs_embeds"].shape[1] > 1 else "step")
-        return inner(graph, feeds, host)
+        chunk = graph == "backbone" and feeds["inputs_embeds"].shape[1] > 1
+        if getattr(asking, "decoding", False):
+            waits.append(len(ended) - asking.since)
+        if chunk:
+            time.sleep(0.05)  # a chunk of the 7B takes far longer than a tiny step: the decode asks meanwhile
+        out = inner(graph, feeds, host)
+        if chunk:
+            ended.append(graph)
+        return out
 
     def asked(graph, feeds, host=()):
-        step = graph == "backbone" and feeds["inputs_embeds"].shape[1] == 1
-        before = len(started)
-        out = outer(graph, feeds, host)
-        if step:
-            waits.append(started[before:-1].count("chunk"))
-        return out
+        asking.since = len(ended)
+        return outer(graph, feeds, host)
 
     model.backend.inner.run, model.backend.run = ran, asked
     decoding, prompt_done = threading.Event(), threading.Event()
@@ -208,6 +211,7 @@ def test_a_long_prompt_holds_a_decoding_conversation_for_one_chunk_at_a_time(tin
     def decode():
         for i, _ in enumerate(model.conversation().stream(question(0), 16000, debug=Debug(force_tokens=forced(400, 2)))):
             if i == 2:
+                asking.decoding = True
                 decoding.set()
             if prompt_done.is_set():
                 break
@@ -218,8 +222,8 @@ def test_a_long_prompt_holds_a_decoding_conversation_for_one_chunk_at_a_time(tin
         prompt_done.set()
 
     run_threads([decode, prefill])
-    assert started.count("chunk") >= 4  # the prompt ran in chunks, the decode went on meanwhile
-    assert max(waits) == 1 and sum(waits) >= 2, waits  # steps did wait behind a chunk, never behind two
+    assert len(ended) >= 4  # the prompt ran in chunks, the decode went on meanwhile
+    assert max(waits) == 1 and sum(waits) >= 2, waits  # calls did wait behind a chunk, never behind two
 
 
 def toy_feed(embeds, mask, positions, past):
