@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from covo_edge.runtime import Model
 
-from .metrics import Metrics
+from .metrics import Metrics, MetricsSink
 from .protocol import ProtocolError
 from .session import Limits, Session
 
@@ -34,6 +34,7 @@ class ServeOptions:
     voice: str | None = None  # the sessions' default voice (default: the model's first)
     limits: Limits = field(default_factory=Limits)
     replica: str | None = None  # this server's name among many (Ray Serve): /healthz and the x-covo-replica header
+    metrics_sink: MetricsSink | None = None  # where the metrics also go (Ray Serve's, per replica)
 
 
 class Realtime:
@@ -42,13 +43,17 @@ class Realtime:
     def __init__(self, model: Model, options: ServeOptions):
         self.model = model
         self.options = options
-        self.metrics = Metrics(options.max_sessions)
+        self.metrics = Metrics(options.max_sessions, options.metrics_sink)
         self.sessions: dict[Session, WebSocket] = {}
         self.draining = False
 
-    async def drain(self) -> None:
-        """Running responses end `cancelled`, every socket closes with 1001 (going away)."""
+    async def drain(self, grace_s: float = 0.0) -> None:
+        """Stop admitting; give running responses up to `grace_s` to finish, end the rest `cancelled`; every
+        socket closes with 1001 (going away)."""
         self.draining = True
+        deadline = asyncio.get_running_loop().time() + grace_s
+        while any(s.response is not None for s in self.sessions) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
         for session, ws in list(self.sessions.items()):
             await session.close("server_shutdown")
             try:
@@ -69,23 +74,29 @@ class Realtime:
         self.metrics.errors[error.code] += 1
         await ws.close(code=code, reason=error.code)
 
+    async def turn_away(self, ws: WebSocket, error: ProtocolError) -> None:
+        """A connection refused before its session starts (a wrong key, a full server): counted as refused."""
+        self.metrics.turned_away(error.code)
+        await self.refuse(ws, error, 1008)
+
     async def realtime(self, ws: WebSocket) -> None:
         headers = [(b"x-covo-replica", self.options.replica.encode())] if self.options.replica else None
         await ws.accept(subprotocol="realtime" if "realtime" in ws.scope.get("subprotocols", []) else None,
                         headers=headers)
         if not self.authorized(ws):
-            return await self.refuse(ws, ProtocolError("invalid API key: pass the key given to `covo-edge serve "
-                                                       "--api-key`", code="invalid_api_key"), 1008)
+            return await self.turn_away(ws, ProtocolError("invalid API key: pass the key given to `covo-edge serve "
+                                                          "--api-key`", code="invalid_api_key"))
         if self.draining:
             return await ws.close(code=1001, reason="server shutting down")
         if len(self.sessions) >= self.options.max_sessions:
-            return await self.refuse(ws, ProtocolError(
+            return await self.turn_away(ws, ProtocolError(
                 f"this server holds {self.options.max_sessions} sessions at most (--max-sessions), all open: try "
-                "again later", code="session_limit_reached"), 1008)
+                "again later", code="session_limit_reached"))
         session = Session(self.model, lambda m: ws.send_text(json.dumps(m)), self.options.limits, self.metrics,
                           self.options.voice, ws.query_params.get("model", "covo-audio-chat"))
         self.sessions[session] = ws
         self.metrics.sessions_total += 1
+        self.metrics.sessions(len(self.sessions))
         try:
             await session.start()
             await self._serve(ws, session)
@@ -94,6 +105,7 @@ class Realtime:
         finally:
             await session.close("client_gone")
             self.sessions.pop(session, None)
+            self.metrics.sessions(len(self.sessions))
 
     async def _serve(self, ws: WebSocket, session: Session) -> None:
         idle = session.limits.idle_timeout

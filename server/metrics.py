@@ -7,6 +7,7 @@ import os
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol
 
 FIRST_AUDIO_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
@@ -29,10 +30,22 @@ class Histogram:
                 self.counts[i] += 1
 
 
+class MetricsSink(Protocol):
+    """Somewhere else the server's numbers go as they change (on Ray Serve: its own metrics, per replica)."""
+
+    def sessions(self, open_now: int) -> None: ...
+
+    def turn(self, status: str, first_audio: float | None, tokens: int, decode_seconds: float) -> None: ...
+
+    def refused(self, code: str) -> None: ...
+
+
 class Metrics:
-    def __init__(self, max_sessions: int):
+    def __init__(self, max_sessions: int, sink: MetricsSink | None = None):
         self.lock = threading.Lock()
         self.max_sessions = max_sessions
+        self.sink = sink
+        self.refused: Counter[str] = Counter()  # connections turned away, by error code
         self.sessions_total = 0
         self.turns: Counter[str] = Counter()  # by final status
         self.errors: Counter[str] = Counter()  # error events sent, by code
@@ -50,6 +63,18 @@ class Metrics:
             self.decode_seconds += decode_seconds
             if decode_seconds > 0:
                 self.last_tokens_per_second = tokens / decode_seconds
+        if self.sink is not None:
+            self.sink.turn(status, first_audio, tokens, decode_seconds)
+
+    def sessions(self, open_now: int) -> None:
+        if self.sink is not None:
+            self.sink.sessions(open_now)
+
+    def turned_away(self, code: str) -> None:
+        with self.lock:
+            self.refused[code] += 1
+        if self.sink is not None:
+            self.sink.refused(code)
 
     def render(self, sessions_open: int) -> str:
         with self.lock:
@@ -61,6 +86,8 @@ class Metrics:
                          [(f'{{status="{k}"}}', v) for k, v in sorted(self.turns.items())]),
                 *_series("covo_errors_total", "counter", "error events sent, by code",
                          [(f'{{code="{k}"}}', v) for k, v in sorted(self.errors.items())]),
+                *_series("covo_refused_total", "counter", "connections turned away, by error code",
+                         [(f'{{code="{k}"}}', v) for k, v in sorted(self.refused.items())]),
                 *_series("covo_decode_tokens_total", "counter", "tokens decoded", [("", self.tokens)]),
                 *_series("covo_decode_seconds_total", "counter", "seconds spent decoding", [("", self.decode_seconds)]),
                 *_series("covo_decode_tokens_per_second", "gauge", "decode speed of the last turn",

@@ -38,13 +38,15 @@ def free_port() -> int:
 
 
 class Server:
-    """`covo-edge serve` on a free loopback port; ready once /healthz answers."""
+    """`covo-edge serve` on a free loopback port (or, without artifacts, on `port` as its arguments set it, e.g.
+    `--cluster CONFIG`); ready once /healthz answers."""
 
-    def __init__(self, art: Path, *args: str, log: Path):
-        self.port = free_port()
+    def __init__(self, art: Path | None, *args: str, log: Path, port: int | None = None):
+        self.port = port or free_port()
         self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "covo_edge.runtime.cli", "serve", str(art), "--port",
-                                      str(self.port), *args], stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+        where = [str(art), "--port", str(self.port)] if art is not None else []
+        self.proc = subprocess.Popen([sys.executable, "-m", "covo_edge.runtime.cli", "serve", *where, *args],
+                                     stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
         deadline = time.monotonic() + 120
         while True:
             try:

@@ -373,6 +373,9 @@ def test_limits_key_and_idle_timeout(tiny_art, tmp_path):
         with pytest.raises(ConnectionClosed):
             second.recv()
         assert second.ws.close_code == 1008
+        metrics = s.get("/metrics")
+        assert 'covo_refused_total{code="invalid_api_key"} 1' in metrics
+        assert 'covo_refused_total{code="session_limit_reached"} 1' in metrics
         browser.manual()
         browser.send("input_audio_buffer.append", audio=b64(question(1.5)))
         assert browser.recv()["error"]["code"] == "input_audio_buffer_full"
