@@ -613,7 +613,7 @@ class Conversation:
     def _feed(self, embeds: Any, n_new: int) -> np.ndarray:
         """Append n_new positions to the conversation's KV cache; the last position's logits [V] (float32).
         In a batch a decode step goes through it; a prompt runs alone, in chunks of PREFILL_CHUNK positions
-        so that no batch step waits behind more than one chunk."""
+        so that no graph call of a decoding conversation waits behind more than one chunk."""
         batch = self.model.batch
         if batch is not None and n_new == 1 and self in batch:
             self._length += 1
