@@ -85,6 +85,7 @@ def test_three_conversations_joining_and_leaving_at_different_steps_answer_as_al
             turn(c, q, ids)
     started = [threading.Event() for _ in range(3)]
     started[0].set()
+    all_in = threading.Event()  # the third has decoded a few steps: the first two wait for it there
     got = [[], [], []]
 
     def run(n):
@@ -94,8 +95,12 @@ def test_three_conversations_joining_and_leaving_at_different_steps_answer_as_al
             dump = {}
             for i, _ in enumerate(c.stream(q, 16000, seed=1, debug=Debug(force_tokens=ids, dump=dump,
                                                                             step_logits="all"))):
-                if k == 0 and i == 2 and n < 2:
-                    started[n + 1].set()  # the next conversation starts while this one decodes
+                if k == 0 and i == 2:
+                    if n < 2:
+                        started[n + 1].set()  # the next conversation starts while this one decodes
+                        all_in.wait(timeout=300)
+                    else:
+                        all_in.set()
             got[n].append((c.last_reply.tokens, dump["step_logits"]))
             started[min(n + 1, 2)].set()
 
