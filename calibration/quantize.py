@@ -29,6 +29,7 @@ from .report import accuracy_report
 REPORT = "precision_report.json"
 SKIPPED = ("the accuracy report was not measured (--no-report): run the same quantize with it where the source "
            "artifacts fit in memory on ONNX Runtime CPU (about 1.4x their text graphs' size in fp32, 2.8x in fp16)")
+LIBRARIES = ("onnxruntime", "nvidia-modelopt", "onnx")
 REPORT_FACTOR = 1.4  # the report's peak over its source's text graphs in fp32 (measured at full width: 1.34-1.40)
 
 
@@ -49,7 +50,6 @@ def available_gb() -> float | None:
     except OSError:
         pass
     return None
-LIBRARIES = ("onnxruntime", "nvidia-modelopt", "onnx")
 
 
 def _versions() -> dict[str, str]:

@@ -158,7 +158,10 @@ class RealtimeReplica:
         while True:
             await asyncio.sleep(DRAIN_POLL_S)
             self.metrics.refresh()
-            details = await controller.get_serve_instance_details.remote()
+            try:
+                details = await controller.get_serve_instance_details.remote()
+            except ray.exceptions.RayError:  # the controller restarting (Ray restarts it): ask again next time
+                continue
             deployment = details["applications"].get(ctx.app_name, {}).get("deployments", {}).get(ctx.deployment, {})
             state = {r["replica_id"]: r["state"] for r in deployment.get("replicas", [])}.get(ctx.replica_id.unique_id)
             if state == "STOPPING" or (listed and state is None):

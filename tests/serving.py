@@ -10,9 +10,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -135,6 +136,22 @@ class Client:
 
     def close(self) -> None:
         self.ws.close()
+
+
+def replica_pid(client: Client) -> int:
+    """The pid of the server process (Ray Serve replica) that accepted `client`: its `x-covo-replica` header."""
+    return int(client.ws.response.headers["x-covo-replica"].rsplit(":", 1)[1])
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """check() until it returns something true (returned), at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout:g} s")
 
 
 async def sdk_manual_turns(conn, questions: list[np.ndarray], max_output_tokens: int) -> list[list[dict]]:

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+
 from conftest import cli, shared_dir
 from covo_edge.runtime import Cancel, Debug, Model, gpus
 from covo_edge.runtime import assistant as assistant_module

@@ -18,7 +18,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from conftest import needs
-from serving import Client, assert_same_audio, free_port, question, runtime_replies, sdk_manual_turns, spoken
+from serving import (
+    Client, assert_same_audio, free_port, question, replica_pid, runtime_replies, sdk_manual_turns, spoken, wait_for,
+)
 
 needs("ray", "cluster")
 needs("torch", "export")  # the tiny artifacts are exported with torch
@@ -74,20 +76,6 @@ def replicas() -> list[dict]:
 
     details = _get_global_client().get_serve_details()
     return details["applications"]["covo-edge"]["deployments"]["covo-edge"]["replicas"]
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout:g} s")
-
-
-def pid_of(client: Client) -> int:
-    return int(client.ws.response.headers["x-covo-replica"].rsplit(":", 1)[1])
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +168,7 @@ def test_a_killed_replicas_sessions_hear_so_and_ray_replaces_it(cluster):
     (`replica_lost`) and close code 1011 through Ray's proxy, a new session lands on the other replica, and Ray
     brings a replacement up."""
     victim = Client(f"ws://{cluster}/v1/realtime")
-    pid = pid_of(victim)
+    pid = replica_pid(victim)
     os.kill(pid, signal.SIGKILL)
     lost = victim.recv(timeout=60)
     assert lost["type"] == "error" and lost["error"]["code"] == "replica_lost", lost
@@ -189,7 +177,7 @@ def test_a_killed_replicas_sessions_hear_so_and_ray_replaces_it(cluster):
         victim.ws.recv(timeout=30)
     assert victim.ws.close_code == 1011
     survivor = Client(f"ws://{cluster}/v1/realtime")
-    assert survivor.created["type"] == "session.created" and pid_of(survivor) != pid
+    assert survivor.created["type"] == "session.created" and replica_pid(survivor) != pid
     survivor.close()
     wait_for(lambda: sorted(r.get("pid") != pid for r in replicas() if r["state"] == "RUNNING") == [True, True], 120,
              "a replacement replica running beside the survivor")
@@ -200,7 +188,7 @@ class Listener:
 
     def __init__(self, url: str):
         self.client, self.events, self.closed = Client(url), [], threading.Event()
-        self.pid = pid_of(self.client)
+        self.pid = replica_pid(self.client)
         self.client.manual(max_output_tokens=400)
         threading.Thread(target=self._listen, daemon=True).start()
 
@@ -246,7 +234,7 @@ def test_a_redeploy_lets_the_running_responses_finish_then_closes_with_1001(ray_
     redeploy.join(timeout=120)
     assert not redeploy.is_alive()
     again = Client(f"ws://{cluster}/v1/realtime")
-    assert again.created["type"] == "session.created" and pid_of(again) not in old
+    assert again.created["type"] == "session.created" and replica_pid(again) not in old
     again.close()
 
 

@@ -6,13 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from conftest import needs
-from serving import Client, Server, free_port, question
+from serving import Client, Server, free_port, question, replica_pid, wait_for
 
 needs("ray", "cluster")
 needs("torch", "export")  # the tiny artifacts are exported with torch
@@ -37,18 +36,18 @@ applications:
     try:
         url = f"ws://127.0.0.1:{port}/v1/realtime"
         victim = Client(url)
-        os.kill(int(victim.ws.response.headers["x-covo-replica"].rsplit(":", 1)[1]), signal.SIGKILL)
+        os.kill(replica_pid(victim), signal.SIGKILL)
         assert victim.recv(timeout=60)["error"]["code"] == "replica_lost"  # the proxy middleware is on
         with pytest.raises(ConnectionClosed):
             victim.ws.recv(timeout=30)
         assert victim.ws.close_code == 1011
-        client, deadline = None, time.monotonic() + 120
-        while client is None and time.monotonic() < deadline:  # until Ray's replacement answers
+        def connected():
             try:
-                client = Client(url, open_timeout=60)
+                return Client(url, open_timeout=60)
             except (OSError, InvalidStatus):  # refused while no replica runs
-                time.sleep(0.5)
-        assert client is not None, "Ray brought no replacement up"
+                return None
+
+        client = wait_for(connected, 120, "Ray's replacement replica answering")
         client.manual(max_output_tokens=400)
         client.ask(question(1.0, 5))
         events = [client.recv()]
